@@ -1,0 +1,1 @@
+"""Benchmarks that measure the lab against references in the same run."""

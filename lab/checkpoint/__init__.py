@@ -1,0 +1,7 @@
+"""Hugging Face checkpoint directories in and out (llama, mistral, qwen2, mixtral, qwen2_moe)."""
+
+from lab.checkpoint.hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf, hf_model_type
+from lab.checkpoint.io import load_pretrained, read_config, save_pretrained
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf", "hf_model_type", "load_pretrained",
+           "read_config", "save_pretrained"]
