@@ -4,12 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test bench help clean
+.PHONY: lab test bench compat4 help clean
 
 help:
 	@echo "make lab    install into .venv and show the lab's commands"
 	@echo "make test   install into .venv and run the whole test suite"
 	@echo "make bench  our model against transformers' (forward+backward, CPU)"
+	@echo "make compat4  checkpoints across transformers 4.x and 5.x"
 
 # Reinstall whenever requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -29,3 +30,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Cross-version check: the lab's checkpoints in transformers 4.x, and 4.x checkpoints in the lab.
+compat4: $(STAMP)
+	test -x .venv-transformers4/bin/python || $(PYTHON) -m venv .venv-transformers4
+	.venv-transformers4/bin/python -m pip install --quiet torch==2.13.0 "transformers>=4.46,<5" safetensors numpy
+	rm -rf .compat4 && mkdir .compat4
+	$(PY) tests/compat/transformers4.py write-lab .compat4
+	.venv-transformers4/bin/python tests/compat/transformers4.py check-in-hf .compat4
+	$(PY) tests/compat/transformers4.py check-in-lab .compat4
+	rm -rf .compat4
