@@ -112,7 +112,7 @@ def test_save_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path, mon
     def failing_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("lab.checkpoint.io.save_file", failing_save)
+    monkeypatch.setattr("lab.checkpoint.io.write_safetensors", failing_save)
     with pytest.raises(OSError):
         lab.save_pretrained(lab_model(seed=1), target, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary left, old one intact
@@ -206,3 +206,29 @@ def test_transformers_4_field_names(saved):
     (saved / "config.json").write_text(json.dumps(cfg))
     config, model_type = read_config(saved)
     assert (config.rope_theta, config.dtype, model_type) == (5000.0, "float32", "qwen2")
+
+
+def test_streaming_writer_files_read_back_exactly(tmp_path):
+    from safetensors import safe_open
+
+    from lab.checkpoint.safetensors_stream import TensorEntry, write_safetensors
+
+    tensors = {"a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16), "empty": torch.zeros(0, 4),
+               "c": torch.arange(6, dtype=torch.int64).reshape(2, 3), "h": torch.randn(2, 2).half()}
+    made = []
+    entries = [TensorEntry(k, tuple(t.shape), t.dtype, lambda k=k, t=t: made.append(k) or t) for k, t in tensors.items()]
+    write_safetensors(tmp_path / "x.safetensors", entries)
+    assert made == list(tensors)  # each made once, in order
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        for k, t in tensors.items():
+            assert torch.equal(f.get_tensor(k), t)
+
+
+def test_tokenizer_files_are_copied_along(tmp_path):
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    (tmp_path / "tok" / "unrelated.txt").write_text("x")
+    lab.save_pretrained(lab_model(), tmp_path / "ckpt", tokenizer_dir=tmp_path / "tok")
+    assert (tmp_path / "ckpt" / "tokenizer.json").read_text() == "{}"
+    assert not (tmp_path / "ckpt" / "unrelated.txt").exists()

@@ -8,22 +8,20 @@ half-written checkpoint behind.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import uuid
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from lab.checkpoint.hf_config import config_from_hf, config_to_hf, hf_model_type
 from lab.checkpoint.hf_names import filler_tensors, tensor_maps
+from lab.checkpoint.safetensors_stream import TensorEntry, write_safetensors
 from lab.config import ModelConfig
 from lab.errors import CheckpointError
 
@@ -162,50 +160,53 @@ def _ignorable(key: str) -> bool:
     return ".shared_expert" in key or key.endswith("rotary_emb.inv_freq")
 
 
-def save_pretrained(model, path: str | os.PathLike, *, max_shard_size: int | str = "5GB",
-                    overwrite: bool = False) -> Path:
-    """Write `model` as a Hugging Face checkpoint directory that transformers opens.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json")
 
-    Above `max_shard_size` the weights are split into `model-0000i-of-0000n.safetensors` files with a
-    `model.safetensors.index.json`. Everything is written into a temporary sibling directory first
-    and renamed into place at the end; an existing non-empty `path` is replaced only with `overwrite`.
-    """
+
+def tokenizer_files(directory: str | os.PathLike) -> list[Path]:
+    """The tokenizer (and generation config) files of a checkpoint directory, to copy along."""
+    return [Path(directory) / name for name in TOKENIZER_FILES if (Path(directory) / name).is_file()]
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse an existing non-empty output directory unless `overwrite` (call it before any work)."""
     path = Path(path)
     if path.exists() and not (path.is_dir() and not any(path.iterdir())) and not overwrite:
-        raise CheckpointError(f"{path}: already exists (pass overwrite=True to replace it)")
-    cfg: ModelConfig = model.config
-    model_type = hf_model_type(cfg)
-    state = model.state_dict()
-    dtype = next(iter(state.values())).dtype
-    cfg = cfg.replace(dtype=str(dtype).removeprefix("torch."))
+        raise CheckpointError(f"{path}: already exists (choose another directory, or overwrite it explicitly)")
+    return path
 
-    entries: list[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]] = []
-    for tmap in tensor_maps(cfg, model_type):
-        tensor = state[tmap.lab]
-        if tmap.stacked:
-            entries += [(key, tuple(tensor.shape[1:]), lambda t=tensor, e=e: t[e]) for e, key in enumerate(tmap.hf)]
-        else:
-            entries.append((tmap.hf[0], tuple(tensor.shape), lambda t=tensor: t))
-    for key, shape in filler_tensors(cfg, model_type).items():
-        entries.append((key, shape, lambda s=shape: torch.zeros(s, dtype=dtype)))
 
-    shards = _plan_shards(entries, dtype, parse_size(max_shard_size))
+def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[TensorEntry], *,
+                     max_shard_size: int | str = "5GB", overwrite: bool = False,
+                     extra_files: list[Path] = (), progress: str | None = None) -> Path:
+    """Write a Hugging Face checkpoint directory from tensors made one at a time.
+
+    Each entry's tensor is made when its turn comes and dropped once written, so peak memory is the
+    largest tensor. Above `max_shard_size` the tensors go to `model-0000i-of-0000n.safetensors` files
+    with a `model.safetensors.index.json`. `extra_files` (tokenizer files) are copied along. All of it
+    goes to a temporary sibling directory, renamed into place at the end: a failure leaves nothing.
+    `progress` names a progress bar over the bytes written (None: no bar).
+    """
+    path = check_output_dir(path, overwrite)
+    shards = _plan_shards(entries, parse_size(max_shard_size))
+    names = ([SINGLE_FILE] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    total = sum(e.nbytes for e in entries)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        weight_map = {}
-        names = ([SINGLE_FILE] if len(shards) == 1 else
-                 [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-        for name, shard in tqdm(list(zip(names, shards)), desc="writing shards", unit="shard",
-                                disable=len(shards) == 1 or None):
-            tensors = {key: make().detach().to("cpu").contiguous() for key, _, make in shard}
-            save_file(tensors, str(tmp / name), metadata={"format": "pt"})
-            weight_map.update({key: name for key in tensors})
+        with tqdm(total=total, unit="B", unit_scale=True, desc=progress,
+                  disable=True if progress is None else None) as bar:
+            for name, shard in zip(names, shards):
+                write_safetensors(tmp / name, shard, on_tensor=lambda e: bar.update(e.nbytes))
         if len(shards) > 1:
-            total = sum(math.prod(shape) for _, shape, _ in entries) * dtype.itemsize
+            weight_map = {e.name: name for name, shard in zip(names, shards) for e in shard}
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, model_type), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        for src in extra_files:
+            shutil.copyfile(src, tmp / Path(src).name)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -213,16 +214,50 @@ def save_pretrained(model, path: str | os.PathLike, *, max_shard_size: int | str
     return path
 
 
-def _plan_shards(entries, dtype: torch.dtype, limit: int) -> list[list]:
+def model_entries(model, cfg: ModelConfig, model_type: str) -> list[TensorEntry]:
+    """The checkpoint tensors of a lab model under their Hugging Face names (one tensor per expert)."""
+    state = model.state_dict()
+    dtype = getattr(torch, cfg.dtype)
+    entries = []
+    for tmap in tensor_maps(cfg, model_type):
+        tensor = state[tmap.lab]
+        if tmap.stacked:
+            entries += [TensorEntry(key, tuple(tensor.shape[1:]), tensor.dtype, lambda t=tensor, e=e: t[e])
+                        for e, key in enumerate(tmap.hf)]
+        else:
+            entries.append(TensorEntry(tmap.hf[0], tuple(tensor.shape), tensor.dtype, lambda t=tensor: t))
+    for key, shape in filler_tensors(cfg, model_type).items():
+        entries.append(TensorEntry(key, shape, dtype, lambda s=shape: torch.zeros(s, dtype=dtype)))
+    return entries
+
+
+def save_pretrained(model, path: str | os.PathLike, *, max_shard_size: int | str = "5GB",
+                    overwrite: bool = False, tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """Write `model` as a Hugging Face checkpoint directory that transformers opens.
+
+    The model type follows from the config (`hf_model_type`), the dtype is the model's. Above
+    `max_shard_size` the weights are sharded with an index; the tokenizer files found in
+    `tokenizer_dir` are copied along. The write is atomic (see `write_checkpoint`); an existing
+    non-empty `path` is replaced only with `overwrite`.
+    """
+    check_output_dir(path, overwrite)
+    dtype = next(iter(model.state_dict().values())).dtype
+    cfg = model.config.replace(dtype=str(dtype).removeprefix("torch."))
+    model_type = hf_model_type(cfg)
+    extra = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
+    return write_checkpoint(path, config_to_hf(cfg, model_type), model_entries(model, cfg, model_type),
+                            max_shard_size=max_shard_size, overwrite=overwrite, extra_files=extra)
+
+
+def _plan_shards(entries: list[TensorEntry], limit: int) -> list[list[TensorEntry]]:
     """Group tensors, in order, into shards of at most `limit` bytes (a larger tensor gets its own)."""
     shards, current, size = [], [], 0
     for entry in entries:
-        nbytes = math.prod(entry[1]) * dtype.itemsize
-        if current and size + nbytes > limit:
+        if current and size + entry.nbytes > limit:
             shards.append(current)
             current, size = [], 0
         current.append(entry)
-        size += nbytes
+        size += entry.nbytes
     shards.append(current)
     return shards
 
@@ -236,4 +271,3 @@ def _replace_dir(new: Path, path: Path) -> None:
     path.rename(old)
     new.rename(path)
     shutil.rmtree(old, ignore_errors=True)
-

@@ -1,0 +1,41 @@
+"""One module per `python -m lab` command.
+
+Each module defines `ORDER` (its place in `--help`) and `add_parser(subparsers)`, which adds the
+command's parser and sets `func` to a function of the parsed arguments. `lab.cli` finds the modules
+here by itself, so adding a command means adding a file. Errors in the user's input are raised as
+`lab.errors.LabError` and printed as one line.
+
+The argument types below turn a bad value into argparse's one-line usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in (0, 1]."""
+    value = non_negative_float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
