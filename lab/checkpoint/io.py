@@ -216,19 +216,14 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
 
 def model_entries(model, cfg: ModelConfig, model_type: str) -> list[TensorEntry]:
     """The checkpoint tensors of a lab model under their Hugging Face names (one tensor per expert)."""
+    from lab.checkpoint.streaming import lab_entries  # streaming builds on this module
+
     state = model.state_dict()
-    dtype = getattr(torch, cfg.dtype)
-    entries = []
-    for tmap in tensor_maps(cfg, model_type):
-        tensor = state[tmap.lab]
-        if tmap.stacked:
-            entries += [TensorEntry(key, tuple(tensor.shape[1:]), tensor.dtype, lambda t=tensor, e=e: t[e])
-                        for e, key in enumerate(tmap.hf)]
-        else:
-            entries.append(TensorEntry(tmap.hf[0], tuple(tensor.shape), tensor.dtype, lambda t=tensor: t))
-    for key, shape in filler_tensors(cfg, model_type).items():
-        entries.append(TensorEntry(key, shape, dtype, lambda s=shape: torch.zeros(s, dtype=dtype)))
-    return entries
+
+    def make(name: str, expert: int | None) -> torch.Tensor:
+        return state[name] if expert is None else state[name][expert]
+
+    return lab_entries(cfg, model_type, make, getattr(torch, cfg.dtype))
 
 
 def save_pretrained(model, path: str | os.PathLike, *, max_shard_size: int | str = "5GB",
