@@ -1,0 +1,43 @@
+"""Where an assignment's tests live, and which assignment a submission is.
+
+The shipped assignments are in `notebooks/assignments/`: the student version `NAME.py`, its visible
+tests `tests/NAME.py`, and the instructor's solution `solutions/NAME.py` with hidden tests, if any,
+in `solutions/hidden/NAME.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lab.errors import LabError
+
+ASSIGNMENTS_DIR = Path(__file__).resolve().parents[2] / "notebooks" / "assignments"
+_MARKER = re.compile(r"^#\s*assignment:\s*([A-Za-z0-9_\-]+)\s*$", re.MULTILINE)
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in (ASSIGNMENTS_DIR / "tests").glob("*.py") if not p.stem.startswith("_"))
+
+
+def assignment_of(submission: Path) -> str:
+    """The assignment a file answers: its `# assignment: NAME` line, else its file name."""
+    try:
+        found = _MARKER.search(submission.read_text(encoding="utf-8", errors="replace"))
+    except OSError as e:
+        raise LabError(f"{submission}: cannot read it ({e.strerror})") from None
+    return found.group(1) if found else submission.stem
+
+
+def tests_for(name: str, hidden: bool = False) -> list[Path]:
+    """The tests files of assignment `name`: visible tests, and with `hidden` the solutions' hidden ones."""
+    visible = ASSIGNMENTS_DIR / "tests" / f"{name}.py"
+    if not visible.is_file():
+        known = ", ".join(available()) or "none"
+        raise LabError(f"no assignment named {name!r} (known: {known}); "
+                       "name it with --assignment or a '# assignment: NAME' line")
+    files = [visible]
+    extra = ASSIGNMENTS_DIR / "solutions" / "hidden" / f"{name}.py"
+    if hidden and extra.is_file():
+        files.append(extra)
+    return files
