@@ -1,0 +1,101 @@
+"""`python -m lab upcycle SRC OUT`: sparse upcycling of a dense checkpoint into a Mixture of Experts."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from lab.commands import non_negative_float, positive_int
+
+ORDER = 40
+
+
+def _plan(args: argparse.Namespace):
+    from lab.upcycle import UpcyclePlan
+
+    std = math.sqrt(args.router_init_variance) if args.router_init_variance is not None else args.router_init_std
+    return UpcyclePlan(n_experts=args.num_experts, top_k=args.top_k, granularity=args.granularity,
+                       routing=args.routing, router_init_std=std, weight_scaling=not args.no_weight_scaling,
+                       drop_ratio=args.drop_ratio, noise=args.noise, every=args.every, seed=args.seed,
+                       aux_loss_coef=args.aux_loss_coef, z_loss_coef=args.z_loss_coef)
+
+
+def _count(cfg, active: bool = False) -> int:
+    import torch
+
+    from lab.model import DecoderLM
+
+    with torch.device("meta"):
+        return DecoderLM(cfg).num_parameters(active=active)
+
+
+def run(args: argparse.Namespace) -> None:
+    from lab.checkpoint import read_config
+    from lab.checkpoint.io import check_output_dir
+    from lab.upcycle import output_model_type, upcycle_checkpoint, upcycle_config
+    from lab.upcycle.granularity import expert_scale
+
+    plan = _plan(args)
+    check_output_dir(args.out, overwrite=args.force)
+    source, source_type = read_config(args.src)
+    target = upcycle_config(source, plan)  # every check, before any work
+    model_type, why = output_model_type(target)
+    scale = expert_scale(plan.routing, plan.n_experts, plan.granularity, plan.top_k) if plan.weight_scaling else 1.0
+    layers = "all" if target.n_moe_layers == target.n_layers else str(list(target.moe_layers))
+    print(f"upcycle {args.src} ({source_type}, {source.n_layers} layers, dim {source.dim}, "
+          f"ffn_dim {source.ffn_dim}) -> {args.out}")
+    print(f"  {plan.n_experts} experts, top-{plan.top_k}, granularity {plan.granularity} "
+          f"(moe_ffn_dim {target.moe_ffn_dim}), routing {plan.routing}, MoE layers {layers}")
+    print(f"  router ~ Normal(0, {plan.router_init_std:.4g}), seed {plan.seed}; expert down projections x {scale:g}; "
+          f"drop ratio {plan.drop_ratio:g}, noise {plan.noise:g}")
+    print(f"  aux-loss coef {target.aux_loss_coef:g}, z-loss coef {target.z_loss_coef:g} (written to config.json)")
+    print(f"  parameters: {_count(source):,} dense -> {_count(target):,} total, {_count(target, active=True):,} active")
+    print(f"  writes {model_type}: {why}")
+    upcycle_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="upcycle")
+    print(f"wrote {args.out}")
+    if args.verify or args.verify_text is not None:
+        from lab.verify import verify_against_source
+
+        print(verify_against_source(args.src, args.out, text=args.verify_text).format())
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "upcycle", help="turn a dense checkpoint into a Mixture of Experts (sparse upcycling)",
+        description="Every dense MLP becomes E experts (copies, or 1/G slices with --granularity), routers "
+                    "are drawn from Normal(0, std), everything else is copied. OUT is a mixtral or qwen2_moe "
+                    "directory that transformers opens. With the default topk_softmax routing and no "
+                    "--drop-ratio/--noise the output computes exactly what the source computes.")
+    p.add_argument("src", help="dense source checkpoint directory (llama, mistral or qwen2)")
+    p.add_argument("out", help="output directory (must not exist)")
+    p.add_argument("--num-experts", type=positive_int, default=8, help="experts per MoE layer (default 8, the paper's)")
+    p.add_argument("--top-k", type=positive_int, default=2, help="experts per token (default 2, the paper's)")
+    p.add_argument("--granularity", type=positive_int, default=1,
+                   help="G: each expert is a 1/G slice of the dense MLP; experts form virtual groups of G "
+                        "(both --num-experts and --top-k count slices and must be multiples of G)")
+    p.add_argument("--routing", choices=("topk_softmax", "softmax_topk"), default="topk_softmax",
+                   help="topk_softmax (Mixtral: renormalised, exactly function-preserving) or softmax_topk "
+                        "(He et al.: no renormalisation, close at init with weight scaling)")
+    router = p.add_mutually_exclusive_group()
+    router.add_argument("--router-init-std", type=non_negative_float, default=0.02,
+                        help="std of the router's initial weights (default 0.02)")
+    router.add_argument("--router-init-variance", type=non_negative_float, default=None,
+                        help="the same as a variance; the AquilaMoE paper's words are 'variance 0.02' (std 0.141)")
+    p.add_argument("--no-weight-scaling", action="store_true",
+                   help="do not scale the experts' down projections (by G for topk_softmax, E*G/k for softmax_topk)")
+    p.add_argument("--drop-ratio", type=non_negative_float, default=0.0,
+                   help="Drop-Upcycling: fraction of each expert's intermediate units re-initialised (0 to 1)")
+    p.add_argument("--noise", type=non_negative_float, default=0.0,
+                   help="add Normal(0, NOISE * std of the dense weight) to every expert weight")
+    p.add_argument("--every", type=positive_int, default=1,
+                   help="upcycle layers i with (i+1) %% N == 0 only (Qwen2-MoE's decoder_sparse_step); default all")
+    p.add_argument("--aux-loss-coef", type=non_negative_float, default=0.001, help="load-balancing loss weight")
+    p.add_argument("--z-loss-coef", type=non_negative_float, default=0.01, help="router z-loss weight")
+    p.add_argument("--seed", type=int, default=0, help="seeds the routers, dropped units and noise")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--verify", action="store_true",
+                   help="compare the output with the source: largest logit gap and both losses")
+    p.add_argument("--verify-text", metavar="TEXT",
+                   help="verify on this text (implies --verify; default: the shipped corpus's validation text "
+                        "when the source has a tokenizer.json)")
+    p.set_defaults(func=run)

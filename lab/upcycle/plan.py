@@ -1,0 +1,122 @@
+"""What an upcycling run is asked to do, the MoE config it produces, and the checks made before any work.
+
+The plan is the whole recipe of sparse upcycling (Komatsuzaki et al. 2023) as the lab implements it:
+how many experts, how many fire per token, the granularity of virtual groups and the weight scaling
+(He et al. 2024, "Upcycling Large Language Models into Mixture of Experts"), Drop-Upcycling (Nakamura
+et al. 2025), the router's initial std, and which layers become MoE. AquilaMoE (BAAI 2024) upcycles
+every layer to 8 experts, top-2, router ~ Normal(0, 0.02), aux-loss x 0.001 and z-loss x 0.01.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lab.checkpoint.hf_config import hf_model_type
+from lab.config import ROUTINGS, ModelConfig
+from lab.errors import LabError
+
+# Megatron, FlagScale and Hugging Face initialise routers with std 0.02; the AquilaMoE paper writes
+# "variance 0.02", i.e. std sqrt(0.02) = 0.141 (REFERENCE.md, decision 1).
+DEFAULT_ROUTER_STD = 0.02
+PAPER_ROUTER_VARIANCE = 0.02
+
+
+@dataclass(frozen=True)
+class UpcyclePlan:
+    """The options of one upcycling run (see `lab.upcycle` for what each one does).
+
+    `n_experts` and `top_k` count fine-grained experts: with `granularity` G each expert is a 1/G
+    slice of the dense MLP, and the E experts form E/G virtual groups. `every` N upcycles the layers
+    i with (i + 1) % N == 0 (Qwen2-MoE's `decoder_sparse_step`); the others stay dense.
+    `weight_scaling` multiplies each expert's down projection by `expert_scale` (He et al. 2024);
+    without it a fine-grained or softmax_topk upcycle starts away from the dense model. `noise` adds
+    Normal(0, noise * std of the dense matrix) to every expert weight.
+    """
+
+    n_experts: int = 8
+    top_k: int = 2
+    granularity: int = 1
+    routing: str = "topk_softmax"
+    router_init_std: float = DEFAULT_ROUTER_STD
+    weight_scaling: bool = True
+    drop_ratio: float = 0.0
+    noise: float = 0.0
+    every: int = 1
+    seed: int = 0
+    aux_loss_coef: float = 0.001
+    z_loss_coef: float = 0.01
+
+
+def upcycled_layers(n_layers: int, every: int) -> tuple[int, ...]:
+    """Layers i with (i + 1) % every == 0: every layer for 1, layers 1, 3, 5... for 2.
+
+    The same rule as Qwen2-MoE's `decoder_sparse_step`, so the layout reads naturally in transformers
+    (the lab also writes `mlp_only_layers` explicitly).
+    """
+    return tuple(i for i in range(n_layers) if (i + 1) % every == 0)
+
+
+def check_plan(source: ModelConfig, plan: UpcyclePlan) -> None:
+    """Raise LabError with one line naming the option when `plan` cannot upcycle `source`."""
+    E, k, G = plan.n_experts, plan.top_k, plan.granularity
+    if source.is_moe:
+        raise LabError(f"the source is already a Mixture of Experts ({source.n_experts} experts); "
+                       "upcycle a dense checkpoint")
+    if E < 1 or k < 1 or G < 1:
+        raise LabError(f"--num-experts, --top-k and --granularity must be positive (got {E}, {k}, {G})")
+    if k > E:
+        raise LabError(f"--top-k {k} is larger than --num-experts {E}")
+    if E % G:
+        raise LabError(f"--num-experts {E} is not a multiple of --granularity {G} "
+                       f"(the experts form virtual groups of {G})")
+    if source.ffn_dim % G:
+        raise LabError(f"the source's ffn_dim {source.ffn_dim} is not divisible by --granularity {G} "
+                       "(each expert is a 1/G slice of the dense MLP)")
+    if k % G:
+        raise LabError(f"--top-k {k} is not a multiple of --granularity {G} "
+                       "(the G slices of a virtual group must fire together to equal the dense MLP)")
+    if plan.routing not in ROUTINGS:
+        raise LabError(f"--routing {plan.routing!r}: must be one of {', '.join(ROUTINGS)}")
+    if not (plan.router_init_std > 0 and math.isfinite(plan.router_init_std)):
+        raise LabError(f"the router's init std must be positive, got {plan.router_init_std}")
+    if not 0.0 <= plan.drop_ratio <= 1.0:
+        raise LabError(f"--drop-ratio must be in [0, 1], got {plan.drop_ratio}")
+    if plan.noise < 0:
+        raise LabError(f"--noise must be >= 0, got {plan.noise}")
+    if not 1 <= plan.every <= source.n_layers:
+        raise LabError(f"--every {plan.every}: must be in [1, n_layers={source.n_layers}]")
+
+
+def upcycle_config(source: ModelConfig, plan: UpcyclePlan) -> ModelConfig:
+    """The MoE config an upcycle of `source` produces, after `check_plan`; also checks that a
+    Hugging Face model type can hold it (a sliding window, for one, fits only Mixtral)."""
+    check_plan(source, plan)
+    try:
+        target = source.replace(
+            n_experts=plan.n_experts, top_k=plan.top_k, routing=plan.routing,
+            moe_ffn_dim=source.ffn_dim // plan.granularity, shared_expert_ffn_dim=0,
+            moe_layers=upcycled_layers(source.n_layers, plan.every),
+            aux_loss_coef=plan.aux_loss_coef, z_loss_coef=plan.z_loss_coef)
+    except ValueError as e:
+        raise LabError(str(e)) from None
+    hf_model_type(target)  # raises CheckpointError (a LabError) when no format fits
+    return target
+
+
+def output_model_type(target: ModelConfig) -> tuple[str, str]:
+    """The Hugging Face model type an upcycled config is written as, and why (for the command to print).
+
+    The decision is `hf_model_type`'s; this only puts its reasons into words.
+    """
+    model_type = hf_model_type(target)
+    if model_type == "mixtral":
+        return model_type, "every layer is MoE, no q/k/v bias, topk_softmax routing"
+    reasons = []
+    if target.qkv_bias:
+        reasons.append("the source has q/k/v bias")
+    if target.routing != "topk_softmax":
+        reasons.append(f"{target.routing} routing needs norm_topk_prob=false")
+    if target.n_moe_layers != target.n_layers:
+        reasons.append(f"only layers {list(target.moe_layers)} are MoE")
+    return model_type, "; ".join(reasons)

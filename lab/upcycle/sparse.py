@@ -1,0 +1,98 @@
+"""Sparse upcycling (Komatsuzaki et al. 2023): every dense MLP becomes E experts, everything else is copied.
+
+`UpcycleTensors` is the whole transform as one rule per output tensor: given the dense model's tensors
+(one at a time, by lab name), it makes any tensor of the upcycled model. The streaming writer and the
+in-memory API both call it, so a checkpoint and a notebook model are the same numbers.
+
+Invariant (topk_softmax, granularity G, drop_ratio 0, noise 0): the upcycled model equals the dense
+one, logit for logit, whatever the router (experts are slices of the dense MLP, a virtual group's
+slices fire together, and the down projections are scaled by G; see `lab.upcycle.granularity`).
+
+Randomness (router rows, dropped units, noise) comes from generators seeded by (seed, layer, expert,
+purpose), so a tensor's value does not depend on the order in which tensors are made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import torch
+
+from lab.config import ModelConfig
+from lab.upcycle.drop import dropped_units, reinit_units
+from lab.upcycle.granularity import expert_scale, expert_slice, group_rows
+from lab.upcycle.plan import UpcyclePlan
+
+DENSE_NAMES = {"w_gate": "gate_proj", "w_up": "up_proj", "w_down": "down_proj"}
+
+
+def seeded_generator(seed: int, *keys: object) -> torch.Generator:
+    """A CPU generator whose state depends only on `seed` and `keys` (stable across runs and processes)."""
+    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def router_weight(plan: UpcyclePlan, layer: int, dim: int) -> torch.Tensor:
+    """Router weights (E, dim) of one layer: one Normal(0, router_init_std) row per virtual group,
+    repeated G times, fp32. Depends only on (seed, layer)."""
+    generator = seeded_generator(plan.seed, "router", layer)
+    rows = torch.randn(plan.n_experts // plan.granularity, dim, generator=generator) * plan.router_init_std
+    return group_rows(rows, plan.granularity)
+
+
+class UpcycleTensors:
+    """`make(name, expert)` for the upcycled model: the callable `write_lab_checkpoint` wants.
+
+    `read(name)` returns a dense-model tensor by lab name. Expert weights are made per expert
+    (`expert=e`) or stacked (E, ...) when `expert` is None. An expert weight is: the expert's slice of
+    the dense weight, its dropped units re-drawn (Drop-Upcycling), noise added, and, for w_down, scaled
+    by `expert_scale` when the plan asks for weight scaling.
+    """
+
+    def __init__(self, plan: UpcyclePlan, source: ModelConfig, target: ModelConfig,
+                 read: Callable[[str], torch.Tensor]):
+        self.plan, self.source, self.target, self.read = plan, source, target, read
+        self.scale = (expert_scale(plan.routing, plan.n_experts, plan.granularity, plan.top_k)
+                      if plan.weight_scaling else 1.0)
+        self._cached: tuple[str, torch.Tensor, float, float] | None = None
+
+    def __call__(self, name: str, expert: int | None = None) -> torch.Tensor:
+        parts = name.split(".")
+        if parts[0] != "layers" or not self.target.is_moe_layer(int(parts[1])):
+            return self.read(name)
+        layer, rest = int(parts[1]), ".".join(parts[2:])
+        if rest == "mlp.router.weight":
+            return router_weight(self.plan, layer, self.target.dim)
+        which = rest.removeprefix("mlp.")
+        if which not in DENSE_NAMES:
+            return self.read(name)
+        if expert is None:
+            return torch.stack([self.expert_weight(layer, which, e) for e in range(self.plan.n_experts)])
+        return self.expert_weight(layer, which, expert)
+
+    def _dense(self, layer: int, which: str) -> tuple[torch.Tensor, float, float]:
+        """The dense weight in fp32 and its mean and std; the last one is kept, since the writer asks for
+        all experts of one weight in a row."""
+        name = f"layers.{layer}.mlp.{DENSE_NAMES[which]}.weight"
+        if self._cached is None or self._cached[0] != name:
+            dense = self.read(name).float()
+            self._cached = (name, dense, dense.mean().item(), dense.std().item())
+        return self._cached[1:]
+
+    def expert_weight(self, layer: int, which: str, expert: int) -> torch.Tensor:
+        plan = self.plan
+        dense, mean, std = self._dense(layer, which)
+        weight = expert_slice(dense, which, expert, plan.granularity)
+        if plan.drop_ratio > 0:
+            # The same units in gate, up and down: the generator for the indices ignores `which`.
+            units = dropped_units(self.target.moe_ffn_dim, plan.drop_ratio,
+                                  seeded_generator(plan.seed, "drop", layer, expert))
+            weight = reinit_units(weight, which, units, mean, std,
+                                  seeded_generator(plan.seed, "drop-values", layer, expert, which))
+        if plan.noise > 0:
+            noise = torch.randn(weight.shape, generator=seeded_generator(plan.seed, "noise", layer, expert, which))
+            weight = weight + noise.to(weight.device) * (plan.noise * std)
+        if which == "w_down" and self.scale != 1.0:
+            weight = weight * self.scale
+        return weight
