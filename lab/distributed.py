@@ -1,0 +1,146 @@
+"""Running under torchrun: process group, FSDP2 sharding, full state dicts, and reductions.
+
+`python -m torch.distributed.run --nproc_per_node N -m lab train ...` starts N processes with RANK,
+WORLD_SIZE and LOCAL_RANK in their environment. `setup` joins them into a process group (gloo on
+CPU, nccl on GPU); `shard` wraps the model with FSDP2: `fully_shard` on every block, then on the root,
+so each block's parameters are gathered just before its forward and freed after (torchtitan's
+layout). On GPU with bf16 precision the parameters compute in bf16 and gradients reduce in fp32.
+
+Checkpoints are gathered whole on rank 0 (`full_model_state`, `full_optimizer_state`: collectives,
+every rank calls them) and written by rank 0 alone; on resume every rank reads the same files and
+keeps its own shard (`load_optimizer_state`). Without torchrun all of this is a no-op around the
+plain model, so one code path trains on a laptop and on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lab.errors import LabError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its rank among world_size processes, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """The one process that writes metrics and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    """`auto`: the process's GPU when CUDA is there, else the CPU."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise LabError("recipe hardware.device: cuda was asked for, but no CUDA device is available")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def setup(device_preference: str = "auto") -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on GPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_preference, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.sharded and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.sharded:
+        dist.barrier()
+
+
+def shard(model: nn.Module, info: DistInfo, bf16: bool = False) -> nn.Module:
+    """FSDP2: `fully_shard` each block, then the root (embedding, final norm, LM head).
+
+    bf16 mixed precision (bf16 parameters in compute, fp32 gradient reduction) on GPU only: on CPU
+    the training loop uses autocast instead.
+    """
+    if not info.sharded:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    kwargs = {"mesh": mesh}
+    if bf16 and info.device.type == "cuda":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in model.layers:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
+    """The whole model's parameters on the CPU, on rank 0 (other ranks get {}). Every rank calls it."""
+    if not info.sharded:
+        return {name: t.detach().cpu() for name, t in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
+    """The optimizer's state keyed by parameter name ({"state": {name: {...}}, "param_groups": [...]}).
+
+    Whole and on the CPU on rank 0 (other ranks get {} when sharded). Every rank calls it.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = _full_options() if info.sharded else StateDictOptions(cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, info: DistInfo) -> None:
+    """Load a name-keyed optimizer state (as `full_optimizer_state` gives); each rank keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    # The loader fills the optimizer's own state first with a zero step, which it skips when gradients exist.
+    optimizer.zero_grad(set_to_none=True)
+    options = StateDictOptions(full_state_dict=True) if info.sharded else None
+    set_optimizer_state_dict(model, optimizer, state, options=options)
+
+
+def all_reduce(tensor: torch.Tensor, info: DistInfo, op: str = "mean") -> torch.Tensor:
+    """Sum, mean or max of `tensor` over the processes (the tensor itself when there is one)."""
+    if not info.sharded:
+        return tensor
+    out = tensor.detach().to(info.device, copy=True)  # nccl reduces GPU tensors only
+    dist.all_reduce(out, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    out = out.to(tensor.device)
+    return out / info.world_size if op == "mean" else out
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (a sharded result, e.g. the global gradient norm) as a plain tensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

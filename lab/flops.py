@@ -1,0 +1,104 @@
+"""FLOPs per token, model FLOPs utilisation (MFU), and the AquilaMoE paper's compute-savings calculator.
+
+Training FLOPs per token follow PaLM (Chowdhery et al. 2022, appendix B): `6 N + 12 L H Q T`, where
+`6 N` counts the forward (2 N) and backward (4 N) matmuls over the N parameters a token passes through,
+and `12 L H Q T` the attention scores and their weighted sum (L layers, H query heads, Q head_dim,
+T sequence length). Here N is explicit:
+- the input embedding is NOT counted (a table lookup, no matmul);
+- the LM head IS counted (a real D x V matmul per token; counted once even when tied to the embedding);
+- every other parameter is, norms and biases included (they are a rounding error);
+- an MoE layer counts only its active experts, top_k of n_experts, plus its router and shared expert.
+
+MFU is the achieved model FLOPs per second over the hardware's peak. The module has no dependency
+beyond the lab's config, so notebooks and the dashboard can use it freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.config import ModelConfig
+
+# Dense (no sparsity) bf16 tensor-core peak per device, in FLOP/s, from the vendors' data sheets.
+PEAK_FLOPS: dict[str, float] = {
+    "A100": 312e12,
+    "A800": 312e12,
+    "H100-PCIe": 756e12,
+    "H100-SXM": 989.5e12,
+    "H800-SXM": 989.5e12,
+    "H200-SXM": 989.5e12,
+}
+
+
+def active_parameters(cfg: ModelConfig) -> int:
+    """N of `flops_per_token`: the parameters one token's matmuls use (see the module docstring)."""
+    D, hd = cfg.dim, cfg.head_dim
+    q_out, kv_out = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    attn = D * (q_out + 2 * kv_out) + q_out * D
+    if cfg.qkv_bias:
+        attn += q_out + 2 * kv_out
+    total = 0
+    for layer in range(cfg.n_layers):
+        if cfg.is_moe_layer(layer):
+            mlp = D * cfg.n_experts + 3 * D * cfg.moe_ffn_dim * cfg.top_k
+            if cfg.shared_expert_ffn_dim:
+                mlp += 3 * D * cfg.shared_expert_ffn_dim + D
+        else:
+            mlp = 3 * D * cfg.ffn_dim
+        total += attn + mlp + 2 * D  # two RMSNorm weights per block
+    return total + D + D * cfg.vocab_size  # final norm, LM head
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs (forward + backward) per token: 6 N_active + 12 L H Q T (PaLM, appendix B)."""
+    return 6.0 * active_parameters(cfg) + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s (tokens/s x FLOPs/token) over the peak FLOP/s, in [0, 1]."""
+    if peak_flops <= 0:
+        raise ValueError(f"peak_flops must be > 0, got {peak_flops}")
+    return tokens_per_s * flops_per_token / peak_flops
+
+
+# ---------------------------------------------------------------------------- paper Table 6
+@dataclass(frozen=True)
+class Phase:
+    """One training phase of AquilaMoE's Table 6: its cluster, model size and token budget."""
+
+    name: str
+    devices: int
+    gflops_per_device: float
+    params_b: float
+    tokens_b: float
+    tokens_per_day_b: float
+
+    @property
+    def days(self) -> float:
+        return self.tokens_b / self.tokens_per_day_b
+
+    @property
+    def gflops(self) -> float:
+        return self.devices * self.gflops_per_device
+
+
+# AquilaMoE (arXiv 2408.06567) Table 6: 7B preparation, Scale-Up to 16B, Scale-Out to 8x16B, and
+# training the 8x16B from scratch on the same token total.
+AQUILA_TABLE6: tuple[Phase, ...] = (
+    Phase("preparation", 480, 989.5, 7, 3600, 279),
+    Phase("scale-up", 1024, 240, 16, 1200, 70),
+    Phase("scale-out", 1024, 240, 32, 545, 25),
+)
+AQUILA_SCRATCH = Phase("from scratch", 1024, 240, 32, 5345, 25)
+
+
+def savings(phases: tuple[Phase, ...] | list[Phase], scratch: Phase) -> tuple[float, float]:
+    """(time savings, compute savings) of training through `phases` instead of `scratch` (Table 6).
+
+    time = (N_s / R_s) / sum_i (N_i / R_i); compute = (N_s / R_s * GFLOPS_s) / sum_i (N_i / R_i * GFLOPS_i),
+    with N tokens, R tokens per day and GFLOPS = devices x GFLOPS per device. The paper reports 4.12
+    and 3.35 for its own numbers.
+    """
+    time = scratch.days / sum(p.days for p in phases)
+    compute = scratch.days * scratch.gflops / sum(p.days * p.gflops for p in phases)
+    return time, compute

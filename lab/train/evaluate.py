@@ -1,0 +1,51 @@
+"""Evaluation during training: validation loss per domain, and a short greedy sample per domain."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from lab.generate import sample_next
+
+
+@torch.no_grad()
+def validation_losses(model, batches: dict[str, torch.Tensor], device: torch.device,
+                      autocast=contextlib.nullcontext) -> dict[str, float]:
+    """Mean next-token loss (the LM loss, without auxiliary terms) on each domain's fixed windows (n, T)."""
+    was_training = model.training
+    model.eval()
+    losses = {}
+    for domain, ids in batches.items():
+        ids = ids.to(device)
+        with autocast():
+            losses[domain] = model(ids, labels=ids).lm_loss.item()
+    model.train(was_training)
+    return losses
+
+
+@torch.no_grad()
+def greedy_samples(model, tokenizer, prompts: dict[str, str], n_tokens: int, device: torch.device,
+                   eos: int | None = None, autocast=contextlib.nullcontext) -> dict[str, str]:
+    """Each prompt continued by up to `n_tokens` greedy tokens (the continuation only, decoded).
+
+    Each token re-reads the whole sequence instead of using a KV cache: it costs little for a few
+    dozen tokens, and works unchanged on a sharded model whose parameters compute in bf16 (every
+    process runs the same forward passes and picks the same tokens).
+    """
+    was_training = model.training
+    model.eval()
+    out = {}
+    for domain, prompt in prompts.items():
+        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False).ids], device=device)
+        start = ids.shape[1]
+        for _ in range(n_tokens):
+            with autocast():
+                logits = model(ids).logits[:, -1].float()
+            token = sample_next(logits)  # (1,)
+            if eos is not None and token.item() == eos:
+                break
+            ids = torch.cat([ids, token[:, None]], dim=1)
+        out[domain] = tokenizer.decode(ids[0, start:].tolist())
+    model.train(was_training)
+    return out

@@ -1,0 +1,237 @@
+"""The training loop: one code path from a 2-core laptop to FSDP2 on many GPUs.
+
+Each optimizer step takes `grad_accum` micro-batches; micro-batch m of step s is batch
+`(s - 1) * grad_accum + m` of `lab.data.TrainBatches`, a pure function of the seed and that index, so
+a resumed run sees exactly the data it would have seen (the data position is the step). The loss is
+the model's: the LM loss plus the MoE auxiliary losses times their config coefficients. The learning
+rate is a function of the step (`lab.train.schedule`). Invariant: N steps, then --resume to M steps,
+gives the same weights and losses as M steps straight (bitwise on one CPU process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lab import distributed
+from lab.checkpoint import hf_model_type
+from lab.distributed import DistInfo
+from lab.errors import LabError
+from lab.flops import active_parameters, flops_per_token, mfu
+from lab.train import state as ckpt
+from lab.train.evaluate import greedy_samples, validation_losses
+from lab.train.metrics import MetricsWriter, environment, truncate_metrics, write_meta
+from lab.train.recipe import Recipe, load_recipe
+from lab.train.schedule import learning_rate
+from lab.train.setup import base_config, build_model, check_run_dir, load_data, make_optimizer
+from lab.train.signals import StopFlag, TrainingStopped
+
+
+def train(recipe, out_dir, *, max_steps: int | None = None, resume: bool = False, init_from=None,
+          progress: bool = True) -> dict:
+    """Train as `recipe` says, writing the run to `out_dir`; returns a summary of the last step.
+
+    `max_steps` stops after that step (default: the recipe's train.max_steps); the schedule still spans
+    the recipe's train.max_steps, so a run cut short and resumed equals the uncut run. `resume`
+    continues the run in `out_dir` from its newest complete checkpoint. `init_from` (a Hugging Face
+    directory) overrides the recipe's model. Raises TrainingStopped after a SIGINT or SIGTERM, once the
+    step under way is checkpointed.
+    """
+    recipe = load_recipe(recipe)
+    if init_from is not None:
+        recipe = recipe.replace(init_from=str(init_from))
+    stop_at = recipe.train.max_steps if max_steps is None else max_steps
+    if not isinstance(stop_at, int) or stop_at <= 0:
+        raise LabError(f"max_steps must be a positive integer, got {stop_at!r}")
+    info = distributed.setup(recipe.hardware.device)
+    try:
+        return _Run(recipe, Path(out_dir), info, stop_at, resume, progress).run()
+    finally:
+        distributed.teardown(info)
+
+
+class _Run:
+    def __init__(self, recipe: Recipe, out: Path, info: DistInfo, stop_at: int, resume: bool, progress: bool):
+        # Every check before anything is written.
+        self.recipe, self.out, self.info, self.stop_at, self.progress = recipe, out, info, stop_at, progress
+        self.resume_from = check_run_dir(out, recipe, resume)
+        self.cfg = base_config(recipe)
+        self.data = load_data(recipe, self.cfg, info)
+        distributed.barrier(info)  # no process writes before every process has checked
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare(self) -> None:
+        recipe, info = self.recipe, self.info
+        model = build_model(recipe, self.cfg, self.resume_from)
+        self.cfg = model.config
+        self.save_cfg = self.cfg.replace(dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+        self.save_cfg.extra["eos_token_id"] = self.data.eos  # `lab generate` stops at the end of a document
+        self.n_params = model.num_parameters()
+        bf16 = recipe.train.precision == "bf16"
+        self.model = distributed.shard(model.to(info.device).train(), info, bf16=bf16)
+        self.autocast = contextlib.nullcontext
+        if bf16 and not (info.sharded and info.device.type == "cuda"):  # FSDP's policy casts on GPU
+            self.autocast = functools.partial(torch.autocast, info.device.type, dtype=torch.bfloat16)
+        self.optimizer = make_optimizer(self.model, recipe)
+        spec = recipe.data
+        self.tokens_per_step = spec.batch_size * spec.grad_accum * spec.seq_len
+        self.flops_per_token = flops_per_token(self.cfg, spec.seq_len)
+        self.peak = recipe.hardware.peak_flops
+        self.step, self.tokens = 0, 0
+        if self.resume_from is not None:
+            scalars, optim_state, rng = ckpt.load_state(self.resume_from)
+            distributed.load_optimizer_state(self.model, self.optimizer, optim_state, info)
+            ckpt.restore_rng(rng, scalars["python_rng"])
+            self.step, self.tokens = scalars["step"], scalars["tokens"]
+        self.metrics = MetricsWriter(self.out, recipe.run, recipe.stage, enabled=info.is_main)
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_partial(self.out)
+            if self.resume_from is None:
+                truncate_metrics(self.out, -1)  # a run that died before its first checkpoint starts over
+                write_meta(self.out, self._meta())
+            else:
+                truncate_metrics(self.out, self.step)
+                self._record("resume", from_step=self.step)
+        self.last_train: dict = {}
+        self.last_eval: dict = {}
+        self.checkpoint: Path | None = self.resume_from
+
+    def _meta(self) -> dict:
+        recipe = self.recipe
+        return {"run": recipe.run, "stage": recipe.stage, "recipe": recipe.to_dict(), "recipe_digest": recipe.digest(),
+                "model": self.cfg.to_dict(), "model_type": hf_model_type(self.cfg),
+                "parameters": self.n_params, "active_parameters": active_parameters(self.cfg),
+                "flops_per_token": self.flops_per_token, "tokens_per_step": self.tokens_per_step,
+                "peak_flops": self.peak, "environment": environment(self.info.device, self.info.world_size),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def _record(self, event: str, **values) -> dict:
+        return self.metrics.write(event, self.step, self.tokens, self.tokens * self.flops_per_token, **values)
+
+    # ------------------------------------------------------------------ one step
+    def _train_step(self) -> dict:
+        recipe, info, model = self.recipe, self.info, self.model
+        accum = recipe.data.grad_accum
+        lr = learning_rate(self.step + 1, recipe.optim, recipe.train.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        sums = torch.zeros(5)  # loss, lm_loss, aux_loss, z_loss, router_entropy
+        experts = None
+        for micro in range(accum):
+            ids = self.data.batches.batch(self.step * accum + micro, info.rank, info.world_size).to(info.device)
+            with self.autocast():
+                out = model(ids, labels=ids)
+            (out.loss / accum).backward()
+            values = [out.loss, out.lm_loss]
+            if out.aux_loss is not None:
+                values += [out.aux_loss, out.z_loss, out.router_entropy]
+                counts = out.tokens_per_expert.detach().cpu()
+                experts = counts if experts is None else experts + counts
+            sums[: len(values)] += torch.stack([v.detach().float().cpu() for v in values])
+        clip = recipe.optim.grad_clip if recipe.optim.grad_clip > 0 else math.inf
+        grad_norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        means = distributed.all_reduce(sums / accum, info)
+        record = {"loss": means[0].item(), "lm_loss": means[1].item(), "lr": lr, "grad_norm": grad_norm.item()}
+        if experts is not None:
+            experts = distributed.all_reduce(experts, info, op="sum")
+            record.update(aux_loss=means[2].item(), z_loss=means[3].item(), router_entropy=means[4].item(),
+                          tokens_per_expert=experts.tolist())
+        if not math.isfinite(record["loss"]):
+            raise LabError(f"the loss is {record['loss']} at step {self.step} (try a lower optim.lr)")
+        return record
+
+    # ------------------------------------------------------------------ events
+    def _evaluate(self) -> None:
+        losses = validation_losses(self.model, self.data.validation, self.info.device, self.autocast)
+        self.last_eval = losses
+        self._record("eval", val_loss=losses, val_loss_mean=sum(losses.values()) / len(losses))
+        if self.recipe.train.sample_tokens and self.data.prompts:
+            texts = greedy_samples(self.model, self.data.tokenizer, self.data.prompts, self.recipe.train.sample_tokens,
+                                   self.info.device, self.data.eos, self.autocast)
+            self._record("sample", prompts=self.data.prompts, samples=texts)
+
+    def _save(self) -> Path:
+        """Checkpoint the current step (gathered whole on rank 0, written by rank 0 alone)."""
+        model_state = distributed.full_model_state(self.model, self.info)
+        optim_state = distributed.full_optimizer_state(self.model, self.optimizer, self.info)
+        path = ckpt.checkpoint_dir(self.out, self.step)
+        if self.info.is_main:
+            # The data position: batches are a pure function of their index, so the next index is all it takes.
+            scalars = {"tokens": self.tokens, "next_batch": self.step * self.recipe.data.grad_accum,
+                       "recipe_digest": self.recipe.digest(), "world_size": self.info.world_size}
+            path = ckpt.save_checkpoint(self.out, self.step, self.save_cfg, model_state, optim_state, scalars,
+                                        self.data.tokenizer_dir)
+            ckpt.prune(self.out, self.recipe.train.keep_checkpoints)
+            self._record("checkpoint", path=str(path))
+        distributed.barrier(self.info)
+        self.checkpoint = path
+        return path
+
+    def _summary(self) -> dict:
+        return {"run": self.recipe.run, "stage": self.recipe.stage, "step": self.step, "tokens": self.tokens,
+                "flops": self.tokens * self.flops_per_token, "loss": self.last_train.get("loss"),
+                "lm_loss": self.last_train.get("lm_loss"), "tokens_per_s": self.last_train.get("tokens_per_s"),
+                "val_loss": self.last_eval, "checkpoint": str(self.out / ckpt.FINAL), "out_dir": str(self.out)}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        with StopFlag() as stop:  # a signal during set-up stops the run after its first step
+            self._prepare()
+            if self.step == 0:
+                self._evaluate()  # where the run starts: ln(vocab) for a fresh model, the source's loss for a grown one
+            self._loop(stop)
+            if self.checkpoint is None or ckpt.checkpoint_dir(self.out, self.step) != self.checkpoint:
+                self._save()  # e.g. resumed at or past stop_at
+            if self.info.is_main:
+                ckpt.publish_final(self.out, self.checkpoint)
+            distributed.barrier(self.info)
+        return self._summary()
+
+    def _loop(self, stop: StopFlag) -> None:
+        t = self.recipe.train
+        bar = tqdm(total=self.stop_at, initial=min(self.step, self.stop_at), desc=self.recipe.run, unit="step",
+                   disable=not (self.progress and self.info.is_main))
+        window_tokens, window_time = 0, 0.0
+        with bar:
+            while self.step < self.stop_at:
+                started = time.perf_counter()
+                record = self._train_step()
+                window_time += time.perf_counter() - started
+                window_tokens += self.tokens_per_step
+                if self.step % t.log_every == 0 or self.step == self.stop_at:
+                    record["tokens_per_s"] = window_tokens / window_time
+                    if self.peak is not None:
+                        per_device = record["tokens_per_s"] / self.info.world_size
+                        record["mfu"] = mfu(per_device, self.flops_per_token, self.peak)
+                    self.last_train = self._record("train", **record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    window_tokens, window_time = 0, 0.0
+                bar.update(1)
+                last = self.step == self.stop_at
+                if last or (t.eval_every and self.step % t.eval_every == 0):
+                    self._evaluate()
+                stopping = self._stop_requested(stop)
+                if last or stopping or (t.save_every and self.step % t.save_every == 0):
+                    self._save()
+                if stopping:
+                    self._record("stop", signal=stop.signal_name)
+                    raise TrainingStopped(stop.signal_name, self.step, str(self.checkpoint))
+
+    def _stop_requested(self, stop: StopFlag) -> bool:
+        """Whether any process got a signal (all of them must stop at the same step)."""
+        flag = torch.tensor([1.0 if stop.signal_name else 0.0])
+        requested = distributed.all_reduce(flag, self.info, op="max").item() > 0
+        if requested and stop.signal_name is None:
+            stop.signal_name = "SIGTERM"  # another process got it
+        return requested

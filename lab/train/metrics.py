@@ -1,0 +1,97 @@
+"""A run's record: `meta.json` (recipe, model, environment) and the append-only `metrics.jsonl`.
+
+Every line of metrics.jsonl is one JSON object, one event. Every record carries:
+
+    run, stage     the recipe's names
+    event          "train" | "eval" | "sample" | "checkpoint" | "resume" | "stop"
+    step           optimizer steps done (0 before the first)
+    tokens         training tokens seen so far, all processes together
+    flops          training FLOPs so far: tokens x flops_per_token (lab.flops, 6N + attention)
+    time           seconds since the run (this process) started
+
+and, by event:
+
+    train       loss (what is minimised: lm_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss),
+                lm_loss, lr, grad_norm (before clipping), tokens_per_s, mfu (only when a peak is known);
+                for an MoE also aux_loss (load balancing, 1 at perfect balance), z_loss (router z-loss),
+                router_entropy (nats), tokens_per_expert (a list per MoE layer of counts per expert,
+                over the step's tokens x top_k). Values are means over the step's micro-batches.
+    eval        val_loss {domain: loss} on the fixed validation windows, val_loss_mean (mean over domains)
+    sample      samples {domain: text}: greedy continuations of each domain's prompt (prompts {domain: text})
+    checkpoint  path of the checkpoint written at this step
+    resume      from_step: where a resumed run picked up
+    stop        signal: the signal that stopped the run at this step (its checkpoint follows or precedes)
+
+Rule for readers: a resumed run first drops every record with step > the checkpoint's step, so the
+file never holds two records of one (event, step) from different attempts. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lab.runs import META_FILE, METRICS_FILE, parse_metrics
+
+
+class MetricsWriter:
+    """Appends records to DIR/metrics.jsonl, one line each, flushed at once (a reader may be watching)."""
+
+    def __init__(self, run_dir: Path, run: str, stage: str, enabled: bool = True):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.base = {"run": run, "stage": stage}
+        self.enabled = enabled
+        self.started = time.perf_counter()
+
+    def write(self, event: str, step: int, tokens: int, flops: float, **values) -> dict:
+        record = {**self.base, "event": event, "step": step, "tokens": tokens, "flops": flops,
+                  "time": round(time.perf_counter() - self.started, 3), **values}
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return record
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep only the complete records with step <= `step` (before resuming from checkpoint `step`)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = [r for r in parse_metrics(path.read_bytes()).records if r.get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def environment(device: torch.device, world_size: int) -> dict:
+    """What the run ran on, for meta.json."""
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+           "world_size": world_size}
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def read_meta(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def write_meta(run_dir: Path, meta: dict) -> None:
+    path = Path(run_dir) / META_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,272 @@
+"""Recipes: one YAML schema for every training run, from the tiny CPU run to the paper's sizes.
+
+```yaml
+run: tiny                 # the run's name (metrics records carry it)
+stage: pretrain           # what this run is in a pipeline: pretrain, scale-up, scale-out, ...
+seed: 0                   # model initialisation and data order
+model: {dim: 128, ...}    # ModelConfig fields; or instead:
+init_from: path/to/ckpt   # a Hugging Face directory to start from (its config.json gives the model)
+data:    {corpus: null, tokenizer: null, seq_len: 128, batch_size: 16, grad_accum: 1}
+optim:   {lr: 3.0e-3, min_lr_ratio: 0.1, warmup_steps: 30, schedule: cosine, weight_decay: 0.1,
+          betas: [0.9, 0.95], eps: 1.0e-8, grad_clip: 1.0}
+train:   {max_steps: 300, eval_every: 50, eval_sequences: 8, save_every: 100, keep_checkpoints: 2,
+          log_every: 1, precision: fp32, sample_tokens: 32}
+hardware: {device: auto, peak_tflops: null, gpu: null}
+```
+
+Every key is checked: an unknown key, a wrong type or a value out of range raises one LabError
+naming it (`recipe optim.lr: must be > 0, got -1`). `data.batch_size` is the number of sequences of
+one micro-batch across all processes; an optimizer step takes `grad_accum` of them. `corpus`,
+`tokenizer` and `init_from` paths are relative to the current directory; null means the shipped
+corpus and tokenizer. `optim.lr` is the peak, reached after `warmup_steps`; the schedule ends at
+`min_lr_ratio * lr` after `train.max_steps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.config import ModelConfig
+from lab.errors import LabError
+from lab.flops import PEAK_FLOPS
+
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _rule(check, text: str) -> dict:
+    """Field metadata: a predicate on the value and what it demands, for the error message."""
+    return {"rule": (check, text)}
+
+
+def _positive() -> dict:
+    return _rule(lambda v: v > 0, "must be > 0")
+
+
+def _non_negative() -> dict:
+    return _rule(lambda v: v >= 0, "must be >= 0")
+
+
+def _one_of(choices: tuple[str, ...]) -> dict:
+    return _rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    corpus: str | None = None
+    tokenizer: str | None = None
+    seq_len: int = field(default=128, metadata=_positive())
+    batch_size: int = field(default=16, metadata=_positive())
+    grad_accum: int = field(default=1, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    lr: float = field(default=3e-3, metadata=_positive())
+    min_lr_ratio: float = field(default=0.1, metadata=_rule(lambda v: 0 <= v <= 1, "must be in [0, 1]"))
+    warmup_steps: int = field(default=0, metadata=_non_negative())
+    schedule: str = field(default="cosine", metadata=_one_of(SCHEDULES))
+    weight_decay: float = field(default=0.1, metadata=_non_negative())
+    betas: tuple[float, float] = field(default=(0.9, 0.95),
+                                       metadata=_rule(lambda v: all(0 <= b < 1 for b in v), "must be in [0, 1)"))
+    eps: float = field(default=1e-8, metadata=_positive())
+    # Clip the global gradient norm to this; 0 turns clipping off.
+    grad_clip: float = field(default=1.0, metadata=_non_negative())
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    max_steps: int = field(default=100, metadata=_positive())
+    # 0 turns a periodic event off (evaluation and a checkpoint still happen at the last step).
+    eval_every: int = field(default=50, metadata=_non_negative())
+    eval_sequences: int = field(default=8, metadata=_positive())
+    save_every: int = field(default=100, metadata=_non_negative())
+    keep_checkpoints: int = field(default=2, metadata=_positive())
+    log_every: int = field(default=1, metadata=_positive())
+    precision: str = field(default="fp32", metadata=_one_of(PRECISIONS))
+    # Greedy tokens generated per domain prompt at each evaluation; 0 turns samples off.
+    sample_tokens: int = field(default=32, metadata=_non_negative())
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    device: str = field(default="auto", metadata=_one_of(DEVICES))
+    # Peak bf16 TFLOP/s of one device, for MFU; or name a known device in `gpu` (lab.flops.PEAK_FLOPS).
+    peak_tflops: float | None = field(default=None, metadata=_rule(lambda v: v is None or v > 0, "must be > 0"))
+    gpu: str | None = field(default=None, metadata=_rule(lambda v: v is None or v in PEAK_FLOPS,
+                                                         f"must be one of {', '.join(PEAK_FLOPS)}"))
+
+    @property
+    def peak_flops(self) -> float | None:
+        if self.peak_tflops is not None:
+            return self.peak_tflops * 1e12
+        return PEAK_FLOPS[self.gpu] if self.gpu is not None else None
+
+
+SECTIONS = {"data": DataSpec, "optim": OptimSpec, "train": TrainSpec, "hardware": HardwareSpec}
+TOP_LEVEL = ("run", "stage", "seed", "model", "init_from", *SECTIONS)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. Exactly one of `model` and `init_from` is set."""
+
+    run: str
+    stage: str = "pretrain"
+    seed: int = 0
+    model: ModelConfig | None = None
+    init_from: str | None = None
+    data: DataSpec = DataSpec()
+    optim: OptimSpec = OptimSpec()
+    train: TrainSpec = TrainSpec()
+    hardware: HardwareSpec = HardwareSpec()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (the YAML's shape, every default filled in), as meta.json records them."""
+        out: dict[str, Any] = {"run": self.run, "stage": self.stage, "seed": self.seed}
+        if self.model is not None:
+            out["model"] = self.model.to_dict()
+        else:
+            out["init_from"] = self.init_from
+        for name in SECTIONS:
+            out[name] = {k: list(v) if isinstance(v, tuple) else v
+                         for k, v in dataclasses.asdict(getattr(self, name)).items()}
+        return out
+
+    def digest(self) -> str:
+        """A short hash of `to_dict()` without `hardware`: a run resumes only under the recipe it began with,
+        but may resume on other hardware."""
+        values = {k: v for k, v in self.to_dict().items() if k != "hardware"}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with top-level fields changed (sections as dicts of changes, e.g. train={"max_steps": 5})."""
+        values = self.to_dict()
+        for key, value in changes.items():
+            if key in SECTIONS and isinstance(value, dict):
+                values[key] = {**values[key], **value}
+            else:
+                values[key] = value
+        if "init_from" in changes and changes["init_from"] is not None:
+            values.pop("model", None)
+        return load_recipe(values)
+
+
+def _coerce(value: Any, kind: Any, name: str) -> Any:
+    """`value` as type `kind` (int, float, str, bool, X | None, tuple[float, float]), or a LabError."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        origin = typing.get_origin(kind)
+    if origin is tuple:
+        items = typing.get_args(kind)
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise LabError(f"recipe {name}: must be a list of {len(items)} numbers, got {value!r}")
+        return tuple(_coerce(v, t, name) for v, t in zip(value, items))
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise LabError(f"recipe {name}: must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LabError(f"recipe {name}: must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        # YAML 1.1 reads `3e-3` (no dot) as a string: accept any text that is a number.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LabError(f"recipe {name}: must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, (str, os.PathLike)):
+            raise LabError(f"recipe {name}: must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"no coercion for {kind}")
+
+
+def _section(cls, values: Any, prefix: str):
+    """Build a section dataclass from a mapping, checking every key, type and rule."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise LabError(f"recipe {prefix}: must be a mapping of keys to values, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise LabError(f"recipe {prefix}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    parsed = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        parsed[key] = _coerce(value, hints[key], name)
+        rule = fields[key].metadata.get("rule")
+        if rule is not None and not rule[0](parsed[key]):
+            raise LabError(f"recipe {name}: {rule[1]}, got {value!r}")
+    return cls(**parsed)
+
+
+def _model(values: Any) -> ModelConfig:
+    if not isinstance(values, dict):
+        raise LabError(f"recipe model: must be a mapping of ModelConfig fields, got {values!r}")
+    try:
+        return ModelConfig.from_dict(values)
+    except (ValueError, TypeError) as e:
+        raise LabError(f"recipe model: {e}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    if not path.is_file():
+        raise LabError(f"{path}: no such recipe file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise LabError(f"{path}: not valid YAML{line} ({getattr(e, 'problem', e)})") from None
+
+
+def load_recipe(source: str | os.PathLike | dict | Recipe) -> Recipe:
+    """A validated Recipe from a YAML file, a dict of the same shape, or a Recipe (returned as is)."""
+    if isinstance(source, Recipe):
+        return source
+    values = _read_yaml(Path(source)) if isinstance(source, (str, os.PathLike)) else source
+    if not isinstance(values, dict):
+        raise LabError(f"recipe: must be a mapping with keys {', '.join(TOP_LEVEL)}, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(TOP_LEVEL))
+    if unknown:
+        raise LabError(f"recipe {unknown[0]}: unknown key (known: {', '.join(TOP_LEVEL)})")
+    if "run" not in values:
+        raise LabError("recipe run: missing (every recipe names its run)")
+    run = _coerce(values["run"], str, "run")
+    if not run.strip():
+        raise LabError("recipe run: must not be empty")
+    stage = _coerce(values.get("stage", "pretrain"), str, "stage")
+    seed = _coerce(values.get("seed", 0), int, "seed")
+    has_model, init_from = values.get("model") is not None, values.get("init_from")
+    if has_model == (init_from is not None):
+        raise LabError("recipe model, init_from: give exactly one (a model config, or a checkpoint to start from)")
+    model = _model(values["model"]) if has_model else None
+    init_from = _coerce(init_from, str, "init_from") if init_from is not None else None
+    sections = {name: _section(cls, values.get(name), name) for name, cls in SECTIONS.items()}
+    recipe = Recipe(run=run, stage=stage, seed=seed, model=model, init_from=init_from, **sections)
+    if model is not None and recipe.data.seq_len > model.max_seq_len:
+        raise LabError(f"recipe data.seq_len: must be <= model.max_seq_len ({model.max_seq_len}), "
+                       f"got {recipe.data.seq_len}")
+    return recipe

@@ -1,0 +1,103 @@
+"""Everything a run checks and builds before its first step, in the order that keeps failures clean.
+
+Each check raises one LabError line before anything is written: the output directory (a fresh one, or
+the same run to resume), the starting checkpoint, the tokenizer and corpus, and the shapes that must
+agree (tokenizer vocabulary within the model's, seq_len within its context, batch divisible by the
+number of processes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lab import data
+from lab.checkpoint import load_pretrained, read_config
+from lab.config import ModelConfig
+from lab.distributed import DistInfo
+from lab.errors import LabError
+from lab.model import DecoderLM
+from lab.train.metrics import read_meta
+from lab.train.recipe import Recipe
+from lab.train.state import complete_checkpoints
+
+
+def check_run_dir(out: Path, recipe: Recipe, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: start at step 0), after checking `out` suits the request."""
+    meta = read_meta(out)
+    same = meta is not None and meta.get("recipe_digest") == recipe.digest()
+    if resume:
+        if meta is None:
+            raise LabError(f"{out}: nothing to resume (no meta.json of an earlier run there)")
+        if not same:
+            raise LabError(f"{out}: holds run {meta.get('run')!r} with a different recipe "
+                           f"(--resume needs the recipe the run started with)")
+        found = complete_checkpoints(out)
+        return found[-1][1] if found else None  # stopped before its first checkpoint: start over
+    if meta is not None:
+        hint = "pass --resume to continue it" if same else "its recipe differs from this one"
+        raise LabError(f"{out}: already holds run {meta.get('run')!r} ({hint}); or choose another --out")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise LabError(f"{out}: exists and is not an empty directory; choose another --out")
+    return None
+
+
+def base_config(recipe: Recipe) -> ModelConfig:
+    """The model's config: the recipe's, or that of the checkpoint it starts from."""
+    if recipe.model is not None:
+        return recipe.model
+    cfg, _ = read_config(recipe.init_from)
+    return cfg.replace(dtype="float32")
+
+
+@dataclass
+class RunData:
+    tokenizer: object
+    tokenizer_dir: Path
+    eos: int
+    batches: data.TrainBatches
+    validation: dict[str, torch.Tensor]
+    prompts: dict[str, str]
+
+
+def load_data(recipe: Recipe, cfg: ModelConfig, info: DistInfo) -> RunData:
+    spec = recipe.data
+    tokenizer_path = Path(spec.tokenizer) if spec.tokenizer is not None else data.DEFAULT_TOKENIZER
+    tokenizer = data.load_tokenizer(tokenizer_path)
+    if tokenizer.get_vocab_size() > cfg.vocab_size:
+        raise LabError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than the model's "
+                       f"vocab_size {cfg.vocab_size}")
+    if spec.seq_len > cfg.max_seq_len:
+        raise LabError(f"recipe data.seq_len: must be <= the model's max_seq_len ({cfg.max_seq_len}), got {spec.seq_len}")
+    if spec.batch_size % info.world_size:
+        raise LabError(f"recipe data.batch_size: {spec.batch_size} must be divisible by the "
+                       f"{info.world_size} processes")
+    train_tokens = data.load_tokens("train", corpus=spec.corpus, tokenizer=tokenizer)
+    validation = data.validation_batches(data.load_tokens("validation", corpus=spec.corpus, tokenizer=tokenizer),
+                                         spec.seq_len, recipe.train.eval_sequences)
+    prompts = data.domain_prompts(spec.corpus) if recipe.train.sample_tokens else {}
+    tokenizer_dir = tokenizer_path if tokenizer_path.is_dir() else tokenizer_path.parent
+    return RunData(tokenizer, tokenizer_dir, data.eos_id(tokenizer),
+                   data.TrainBatches(train_tokens, spec.seq_len, spec.batch_size, recipe.seed), validation, prompts)
+
+
+def build_model(recipe: Recipe, cfg: ModelConfig, resume_from: Path | None) -> DecoderLM:
+    """The model at the run's first step: a checkpoint's weights, or a fresh one seeded by the recipe."""
+    if resume_from is not None:
+        return load_pretrained(resume_from, moe_dispatch=cfg.moe_dispatch)
+    if recipe.init_from is not None:
+        # Train on fp32 master weights whatever the checkpoint stores (bf16 weights lose small updates).
+        return load_pretrained(recipe.init_from, dtype=torch.float32)
+    torch.manual_seed(recipe.seed)
+    return DecoderLM(cfg)
+
+
+def make_optimizer(model, recipe: Recipe) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (norm weights and biases are not decayed)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    o = recipe.optim
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
