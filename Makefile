@@ -4,12 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test bench compat4 help clean
+.PHONY: lab test bench tiny data compat4 help clean
 
 help:
 	@echo "make lab    install into .venv and show the lab's commands"
 	@echo "make test   install into .venv and run the whole test suite"
 	@echo "make bench  our model against transformers' (forward+backward, CPU)"
+	@echo "make tiny   train the tiny recipe into runs/tiny (about a minute on 2 CPU cores)"
+	@echo "make data   rebuild the corpus and tokenizer and check they equal the committed ones"
 	@echo "make compat4  checkpoints across transformers 4.x and 5.x"
 
 # Reinstall whenever requirements.txt or pyproject.toml change.
@@ -27,6 +29,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m lab bench model
+
+tiny: $(STAMP)
+	$(PY) -m lab train --recipe recipes/tiny.yaml --out runs/tiny
+
+data: $(STAMP)
+	$(PY) data/build_corpus.py --check
 
 clean:
 	rm -rf $(VENV) .pytest_cache
