@@ -17,11 +17,23 @@ def run_model(args: argparse.Namespace) -> None:
     report = model_speed.run(tokens=args.tokens, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
                              threads=args.threads, quick=args.quick)
     print(model_speed.format_report(report))
-    if args.json:
-        path = Path(args.json)
+    _write_json(report, args.json)
+
+
+def _write_json(report: dict, path: str | None) -> None:
+    if path:
+        path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         tmp.replace(path)
+
+
+def run_growth(args: argparse.Namespace) -> None:
+    from lab.bench import growth_speed
+
+    report = growth_speed.run(repeats=args.repeats, threads=args.threads, quick=args.quick, workdir=args.workdir)
+    print(growth_speed.format_report(report))
+    _write_json(report, args.json)
 
 
 def add_parser(subparsers) -> None:
@@ -37,3 +49,11 @@ def add_parser(subparsers) -> None:
     b.add_argument("--quick", action="store_true", help="tiny shapes: checks that it runs, measures nothing")
     b.add_argument("--json", help="also write the report to this JSON file")
     b.set_defaults(func=run_model)
+
+    g = benchmarks.add_parser("growth", help="streaming growth of a ~120M bf16 checkpoint to ~770M vs copying its bytes")
+    g.add_argument("--repeats", type=positive_int, default=3)
+    g.add_argument("--threads", type=positive_int, default=2)
+    g.add_argument("--quick", action="store_true", help="tiny shapes: checks that it runs, measures nothing")
+    g.add_argument("--workdir", help="where the temporary checkpoints go (default: the system's temp directory)")
+    g.add_argument("--json", help="also write the report to this JSON file")
+    g.set_defaults(func=run_growth)

@@ -1,0 +1,99 @@
+"""`python -m lab grow SRC OUT --method {fpi,aki,aki-pro}`: Scale-Up of a dense checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+from lab.commands import non_negative_float, positive_int
+
+ORDER = 30
+
+
+def _shape(cfg) -> str:
+    heads = f"{cfg.n_heads} heads" + (f" / {cfg.n_kv_heads} kv" if cfg.n_kv_heads != cfg.n_heads else "")
+    return f"{cfg.n_layers} layers, dim {cfg.dim}, {heads}, head_dim {cfg.head_dim}, ffn_dim {cfg.ffn_dim}"
+
+
+def _count(cfg) -> int:
+    import torch
+
+    from lab.model import DecoderLM
+
+    with torch.device("meta"):
+        return DecoderLM(cfg).num_parameters()
+
+
+def _order(plan) -> str:
+    from lab.growth import layer_order
+
+    order = layer_order(plan.source.n_layers, plan.target.n_layers, plan.depth)
+    text = ",".join(map(str, order[:16])) + (",..." if len(order) > 16 else "")
+    return f"depth {plan.depth} (source layers {text})" if plan.target.n_layers > plan.source.n_layers else "depth kept"
+
+
+def run(args: argparse.Namespace) -> None:
+    from lab.checkpoint import read_config
+    from lab.checkpoint.io import check_output_dir
+    from lab.growth import grow_checkpoint, plan_growth
+
+    check_output_dir(args.out, args.force)
+    source, model_type = read_config(args.src)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = plan_growth(source, method=args.method, dim=args.hidden_size, ffn_dim=args.intermediate_size,
+                           n_layers=args.num_layers, n_heads=args.num_heads, n_kv_heads=args.num_kv_heads,
+                           depth=args.depth, map=args.map, noise=args.noise, seed=args.seed)
+    for w in caught:
+        print(f"warning: {w.message}")
+    t = plan.target
+    heads = ("q heads grow inside each kv group" if plan.grouped_heads and t.n_heads > source.n_heads
+             else "kv heads grow with the heads" if t.n_heads > source.n_heads else "heads kept")
+    print(f"grow {args.src} ({model_type}, {_shape(source)}) -> {args.out}")
+    print(f"  target: {_shape(t)} ({heads})")
+    print(f"  method {plan.method}, {_order(plan)}, map {plan.map}, noise {plan.noise:g}, seed {plan.seed}")
+    print(f"  parameters: {_count(source):,} -> {_count(t):,}")
+    print(f"  function-preserving: {'yes' if plan.is_exact else 'no'}; writes {model_type}")
+    grow_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="grow")
+    print(f"wrote {args.out}")
+    if args.verify or args.verify_text is not None:
+        from lab.verify import verify_against_source
+
+        print(verify_against_source(args.src, args.out, text=args.verify_text).format())
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "grow", help="grow a dense checkpoint wider and deeper (FPI, AKI, AKI-Pro)",
+        description="Scale-Up (AquilaMoE): initialise a bigger dense model from a smaller one. Dimensions not "
+                    "given keep the source's; head_dim is kept. FPI with the cyclic map and an integer hidden "
+                    "ratio (any intermediate size, any head count) and --depth identity keeps the source's "
+                    "function exactly. OUT keeps the source's model type and tokenizer files.")
+    p.add_argument("src", help="dense source checkpoint directory (llama, mistral or qwen2)")
+    p.add_argument("out", help="output directory (must not exist, unless --force)")
+    p.add_argument("--method", choices=("fpi", "aki", "aki-pro"), default="fpi",
+                   help="fpi: copies, function-preserving; aki: new units from layer l+1 (MHA only); aki-pro: "
+                        "AKI with the GQA rule and interpolation depth (the paper's)")
+    p.add_argument("--hidden-size", type=positive_int, help="target hidden size (dim)")
+    p.add_argument("--intermediate-size", type=positive_int, help="target MLP intermediate size (ffn_dim)")
+    p.add_argument("--num-layers", type=positive_int, help="target number of layers")
+    p.add_argument("--num-heads", type=positive_int, help="target number of attention (q) heads")
+    p.add_argument("--num-kv-heads", type=positive_int,
+                   help="target kv heads: a GQA source keeps its groups; an MHA source grows them with the heads")
+    p.add_argument("--depth", choices=("stack", "interpolate", "identity"),
+                   help="layer order when --num-layers grows: stack (l mod L1), interpolate (floor(l*L1/L2)), "
+                        "identity (interpolate with the inserted copies' o/down zeroed: exact); default "
+                        "interpolate for aki-pro, stack otherwise")
+    p.add_argument("--map", choices=("cyclic", "random"), default="cyclic",
+                   help="which old unit a new unit copies: cyclic (i mod old, exact for integer ratios) or "
+                        "random (bert2BERT, seeded)")
+    p.add_argument("--noise", type=non_negative_float, default=0.0,
+                   help="symmetric noise on the split copies, relative to each weight's std (keeps the function)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random map and the noise")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--verify", action="store_true",
+                   help="compare the output with the source: largest logit gap and both losses")
+    p.add_argument("--verify-text", metavar="TEXT",
+                   help="verify on this text (implies --verify; default: the shipped corpus's validation text "
+                        "when the source has a tokenizer.json)")
+    p.set_defaults(func=run)

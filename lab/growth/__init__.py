@@ -1,0 +1,25 @@
+"""Scale-Up: grow a small dense decoder into a bigger one (AquilaMoE 2.2.1; bert2BERT; Net2Net).
+
+- `maps`: which old unit each new unit copies (cyclic, bert2BERT's random map, grouped for GQA);
+- `width`: FPI (copy out-units, split in-units) and AKI (new out-units from layer l + 1);
+- `depth`: layer orders by stacking, interpolation, identity blocks;
+- `noise`: symmetric noise, function-preserving and symmetry-breaking;
+- `plan`: the options (`GrowthPlan`), the target config and the checks made before any work;
+- `transform`: every output tensor from the source tensors it needs;
+- `stream`: the checkpoint-to-checkpoint transform, tensor by tensor, and the in-memory one.
+
+AKI-Pro (the paper's method) = AKI width + interpolation depth + the GQA rule (kv groups kept, q heads
+grow inside each group).
+"""
+
+from lab.growth.depth import DEPTH_KINDS, inserted_copies, layer_order
+from lab.growth.maps import MAP_KINDS, GrowthMap, grouped_map, growth_map
+from lab.growth.noise import symmetric_noise
+from lab.growth.plan import METHODS, GrowthPlan, plan_growth
+from lab.growth.stream import grow_checkpoint, grow_model, grow_state_dict
+from lab.growth.transform import GrowthTensors, growth_maps
+from lab.growth.width import aki_out, fpi_in, fpi_out
+
+__all__ = ["DEPTH_KINDS", "GrowthMap", "GrowthPlan", "GrowthTensors", "MAP_KINDS", "METHODS", "aki_out", "fpi_in",
+           "fpi_out", "grouped_map", "grow_checkpoint", "grow_model", "grow_state_dict", "growth_map",
+           "growth_maps", "inserted_copies", "layer_order", "plan_growth", "symmetric_noise"]
