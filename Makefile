@@ -4,13 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test bench tiny data compat4 help clean
+.PHONY: lab test bench tiny table1 data compat4 help clean
 
 help:
 	@echo "make lab    install into .venv and show the lab's commands"
 	@echo "make test   install into .venv and run the whole test suite"
-	@echo "make bench  our model against transformers' (forward+backward, CPU)"
+	@echo "make bench  our model against transformers' (forward+backward, CPU), and growth against a copy"
 	@echo "make tiny   train the tiny recipe into runs/tiny (about a minute on 2 CPU cores)"
+	@echo "make table1 the paper's Table 1 (growth methods) at toy scale into runs/growth_table1"
 	@echo "make data   rebuild the corpus and tokenizer and check they equal the committed ones"
 	@echo "make compat4  checkpoints across transformers 4.x and 5.x"
 
@@ -29,9 +30,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m lab bench model
+	$(PY) -m lab bench growth
 
 tiny: $(STAMP)
 	$(PY) -m lab train --recipe recipes/tiny.yaml --out runs/tiny
+
+table1: $(STAMP)
+	$(PY) -m lab.experiments.growth_table1 --out runs/growth_table1 --steps 100
 
 data: $(STAMP)
 	$(PY) data/build_corpus.py --check
