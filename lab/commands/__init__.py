@@ -39,3 +39,21 @@ def probability(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--force, --verify and --verify-text: the options every checkpoint-to-checkpoint command shares."""
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--verify", action="store_true",
+                        help="compare the output with the source: largest logit gap and both losses")
+    parser.add_argument("--verify-text", metavar="TEXT",
+                        help="verify on this text (implies --verify; default: the shipped corpus's validation "
+                             "text when the source has a tokenizer.json)")
+
+
+def verify_if_asked(args: argparse.Namespace) -> None:
+    """Print the output's logit gap and losses against its source when --verify or --verify-text is given."""
+    if args.verify or args.verify_text is not None:
+        from lab.verify import verify_against_source
+
+        print(verify_against_source(args.src, args.out, text=args.verify_text).format())

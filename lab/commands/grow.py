@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from lab.commands import non_negative_float, positive_int
+from lab.commands import add_output_arguments, non_negative_float, positive_int, verify_if_asked
 
 ORDER = 30
 
@@ -56,10 +56,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"  function-preserving: {'yes' if plan.is_exact else 'no'}; writes {model_type}")
     grow_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="grow")
     print(f"wrote {args.out}")
-    if args.verify or args.verify_text is not None:
-        from lab.verify import verify_against_source
-
-        print(verify_against_source(args.src, args.out, text=args.verify_text).format())
+    verify_if_asked(args)
 
 
 def add_parser(subparsers) -> None:
@@ -90,10 +87,5 @@ def add_parser(subparsers) -> None:
     p.add_argument("--noise", type=non_negative_float, default=0.0,
                    help="symmetric noise on the split copies, relative to each weight's std (keeps the function)")
     p.add_argument("--seed", type=int, default=0, help="seeds the random map and the noise")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--verify", action="store_true",
-                   help="compare the output with the source: largest logit gap and both losses")
-    p.add_argument("--verify-text", metavar="TEXT",
-                   help="verify on this text (implies --verify; default: the shipped corpus's validation text "
-                        "when the source has a tokenizer.json)")
+    add_output_arguments(p)
     p.set_defaults(func=run)

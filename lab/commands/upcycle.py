@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from lab.commands import non_negative_float, positive_int
+from lab.commands import add_output_arguments, non_negative_float, positive_int, verify_if_asked
 
 ORDER = 40
 
@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"  writes {model_type}: {why}")
     upcycle_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="upcycle")
     print(f"wrote {args.out}")
-    if args.verify or args.verify_text is not None:
-        from lab.verify import verify_against_source
-
-        print(verify_against_source(args.src, args.out, text=args.verify_text).format())
+    verify_if_asked(args)
 
 
 def add_parser(subparsers) -> None:
@@ -92,10 +89,5 @@ def add_parser(subparsers) -> None:
     p.add_argument("--aux-loss-coef", type=non_negative_float, default=0.001, help="load-balancing loss weight")
     p.add_argument("--z-loss-coef", type=non_negative_float, default=0.01, help="router z-loss weight")
     p.add_argument("--seed", type=int, default=0, help="seeds the routers, dropped units and noise")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--verify", action="store_true",
-                   help="compare the output with the source: largest logit gap and both losses")
-    p.add_argument("--verify-text", metavar="TEXT",
-                   help="verify on this text (implies --verify; default: the shipped corpus's validation text "
-                        "when the source has a tokenizer.json)")
+    add_output_arguments(p)
     p.set_defaults(func=run)
