@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from lab.commands import add_output_arguments, non_negative_float, positive_int, verify_if_asked
+from lab.commands import (add_output_arguments, non_negative_float, parameter_count, positive_int,
+                          verify_if_asked)
 
 ORDER = 30
 
@@ -13,15 +14,6 @@ ORDER = 30
 def _shape(cfg) -> str:
     heads = f"{cfg.n_heads} heads" + (f" / {cfg.n_kv_heads} kv" if cfg.n_kv_heads != cfg.n_heads else "")
     return f"{cfg.n_layers} layers, dim {cfg.dim}, {heads}, head_dim {cfg.head_dim}, ffn_dim {cfg.ffn_dim}"
-
-
-def _count(cfg) -> int:
-    import torch
-
-    from lab.model import DecoderLM
-
-    with torch.device("meta"):
-        return DecoderLM(cfg).num_parameters()
 
 
 def _order(plan) -> str:
@@ -52,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"grow {args.src} ({model_type}, {_shape(source)}) -> {args.out}")
     print(f"  target: {_shape(t)} ({heads})")
     print(f"  method {plan.method}, {_order(plan)}, map {plan.map}, noise {plan.noise:g}, seed {plan.seed}")
-    print(f"  parameters: {_count(source):,} -> {_count(t):,}")
+    print(f"  parameters: {parameter_count(source):,} -> {parameter_count(t):,}")
     print(f"  function-preserving: {'yes' if plan.is_exact else 'no'}; writes {model_type}")
     grow_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="grow")
     print(f"wrote {args.out}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from lab.commands import add_output_arguments, non_negative_float, positive_int, verify_if_asked
+from lab.commands import (add_output_arguments, non_negative_float, parameter_count, positive_int,
+                          verify_if_asked)
 
 ORDER = 40
 
@@ -18,15 +19,6 @@ def _plan(args: argparse.Namespace):
                        routing=args.routing, router_init_std=std, weight_scaling=not args.no_weight_scaling,
                        drop_ratio=args.drop_ratio, noise=args.noise, every=args.every, seed=args.seed,
                        aux_loss_coef=args.aux_loss_coef, z_loss_coef=args.z_loss_coef)
-
-
-def _count(cfg, active: bool = False) -> int:
-    import torch
-
-    from lab.model import DecoderLM
-
-    with torch.device("meta"):
-        return DecoderLM(cfg).num_parameters(active=active)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -49,7 +41,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"  router ~ Normal(0, {plan.router_init_std:.4g}), seed {plan.seed}; expert down projections x {scale:g}; "
           f"drop ratio {plan.drop_ratio:g}, noise {plan.noise:g}")
     print(f"  aux-loss coef {target.aux_loss_coef:g}, z-loss coef {target.z_loss_coef:g} (written to config.json)")
-    print(f"  parameters: {_count(source):,} dense -> {_count(target):,} total, {_count(target, active=True):,} active")
+    print(f"  parameters: {parameter_count(source):,} dense -> {parameter_count(target):,} total, "
+          f"{parameter_count(target, active=True):,} active")
     print(f"  writes {model_type}: {why}")
     upcycle_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="upcycle")
     print(f"wrote {args.out}")
