@@ -52,6 +52,11 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def current_device(preference: str = "auto") -> torch.device:
+    """This process's device under `preference` (its LOCAL_RANK's GPU under torchrun)."""
+    return pick_device(preference, int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def setup(device_preference: str = "auto") -> DistInfo:
     """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on GPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

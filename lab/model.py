@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lab.config import ModelConfig
 from lab.kv_cache import KVCache
@@ -178,6 +179,9 @@ class DecoderLM(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # Recompute each block's activations in the backward pass instead of keeping them (a runtime
+        # choice, not part of the config: the numbers are the same, memory smaller, compute ~1/3 more).
+        self.activation_checkpointing = False
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
         self.to(getattr(torch, cfg.dtype))
@@ -186,16 +190,20 @@ class DecoderLM(nn.Module):
     def init_weights(self, std: float = 0.02) -> None:
         """Normal(0, std) weights, zero biases, unit norms; the projections that write into the residual
         stream (o, down) are scaled by 1/sqrt(2 n_layers) so that the residual does not grow with depth."""
-        residual_std = std / math.sqrt(2 * self.config.n_layers)
         for name, p in self.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            elif name.endswith(".bias"):
-                p.zero_()
-            elif name.endswith(("o_proj.weight", "down_proj.weight", "w_down")):
-                p.normal_(0.0, residual_std)
-            else:
-                p.normal_(0.0, std)
+            self.init_parameter_(name, p, std)
+
+    @torch.no_grad()
+    def init_parameter_(self, name: str, p: torch.Tensor, std: float = 0.02) -> None:
+        """`init_weights` for the parameter `name`, written into `p` (it, or a tensor of its shape)."""
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif name.endswith(".bias"):
+            p.zero_()
+        elif name.endswith(("o_proj.weight", "down_proj.weight", "w_down")):
+            p.normal_(0.0, std / math.sqrt(2 * self.config.n_layers))
+        else:
+            p.normal_(0.0, std)
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -216,8 +224,12 @@ class DecoderLM(nn.Module):
         inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, device=x.device)
         cos, sin = rope_tables(positions, inv_freq, x.dtype)  # (T, hd)
         stats: list[MoEStats] = []
+        recompute = self.activation_checkpointing and torch.is_grad_enabled() and cache is None
         for block in self.layers:
-            x, layer_stats = block(x, cos, sin, cache)
+            if recompute:
+                x, layer_stats = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x, layer_stats = block(x, cos, sin, cache)
             if layer_stats is not None:
                 stats.append(layer_stats)
         if cache is not None:

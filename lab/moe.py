@@ -85,12 +85,15 @@ def _grouped_mm_supported(x: torch.Tensor, w: torch.Tensor) -> bool:
     return all((n * x.element_size()) % 16 == 0 for n in (x.shape[-1], w.shape[-2]))
 
 
-def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, counts_list: list[int]) -> torch.Tensor:
+def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, counts_list: list[int],
+                   kernel: str = "auto") -> torch.Tensor:
     """Rows of x (N, I) sorted by expert, counts[e] of them for expert e; returns x_e @ w[e].T (N, O).
 
-    w is stacked (E, O, I), the layout of nn.Linear per expert.
+    w is stacked (E, O, I), the layout of nn.Linear per expert. `kernel` "auto" takes the grouped
+    matmul where supported, else the loop; "grouped_mm" and "loop" force one (the dispatch ablation of
+    `lab.bench.dispatch`); both compute the same product.
     """
-    if _grouped_mm_supported(x, w):
+    if kernel == "grouped_mm" or (kernel == "auto" and _grouped_mm_supported(x, w)):
         offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
         return torch._grouped_mm(x, w.transpose(-2, -1), offs=offsets)
     # The same computation as a loop over the contiguous slices of each expert.
@@ -98,7 +101,7 @@ def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, count
     return torch.cat([F.linear(chunk, w[e]) for e, chunk in enumerate(chunks)])
 
 
-def grouped_experts(x, weights, experts, w_gate, w_up, w_down) -> torch.Tensor:
+def grouped_experts(x, weights, experts, w_gate, w_up, w_down, kernel: str = "auto") -> torch.Tensor:
     """Sort the N * k assignments by expert, run each expert on its slice, scatter back weighted."""
     N, k = experts.shape
     n_experts = w_gate.shape[0]
@@ -108,8 +111,9 @@ def grouped_experts(x, weights, experts, w_gate, w_up, w_down) -> torch.Tensor:
     counts = torch.bincount(flat, minlength=n_experts)
     counts_list = counts.tolist()
     xs = x[token]  # (N*k, D), grouped by expert
-    h = F.silu(grouped_linear(xs, w_gate, counts, counts_list)) * grouped_linear(xs, w_up, counts, counts_list)
-    ys = grouped_linear(h, w_down, counts, counts_list)  # (N*k, D)
+    gate = grouped_linear(xs, w_gate, counts, counts_list, kernel)
+    h = F.silu(gate) * grouped_linear(xs, w_up, counts, counts_list, kernel)
+    ys = grouped_linear(h, w_down, counts, counts_list, kernel)  # (N*k, D)
     ys = ys * weights.flatten()[order].unsqueeze(-1).to(ys.dtype)
     return torch.zeros_like(x).index_add_(0, token, ys)
 

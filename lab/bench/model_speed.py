@@ -41,12 +41,12 @@ def _step(model, ids) -> None:
 
 
 def time_in_turns(candidates: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                  too_slow: float = 5.0) -> tuple[dict[str, list[float]], dict[str, float]]:
+                  too_slow: float = 5.0, keep: tuple[str, ...] = ()) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Warm each candidate up, then time `repeats` rounds of one run each (seconds per run).
 
     A candidate whose last warm-up run is more than `too_slow` times the fastest one is dropped
-    before the timed rounds (it cannot be the best, and would only make the benchmark long); the
-    second result maps each dropped candidate to that warm-up time.
+    before the timed rounds (it cannot be the best, and would only make the benchmark long), unless
+    it is in `keep`; the second result maps each dropped candidate to that warm-up time.
     """
     warm = {}
     for name, fn in candidates.items():
@@ -55,7 +55,7 @@ def time_in_turns(candidates: dict[str, Callable[[], None]], repeats: int, warmu
             fn()
             warm[name] = time.perf_counter() - start
     fastest = min(warm.values())
-    dropped = {name: t for name, t in warm.items() if t > too_slow * fastest}
+    dropped = {name: t for name, t in warm.items() if t > too_slow * fastest and name not in keep}
     times: dict[str, list[float]] = {name: [] for name in candidates if name not in dropped}
     for _ in range(repeats):
         for name in times:
@@ -106,7 +106,7 @@ def compare(case: str, tokens: int, batch: int, repeats: int, warmup: int,
     for m in models.values():
         m.train()
     times, dropped = time_in_turns({name: (lambda m=m: _step(m, ids)) for name, m in models.items()},
-                                   repeats, warmup)
+                                   repeats, warmup, keep=("lab",))
     timings = [Timing(case, name, statistics.median(t) * 1e3, [x * 1e3 for x in t]) for name, t in times.items()]
     return timings, {name: t * 1e3 for name, t in dropped.items()}
 

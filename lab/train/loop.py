@@ -29,7 +29,7 @@ from lab.train.evaluate import greedy_samples, validation_losses
 from lab.train.metrics import MetricsWriter, environment, truncate_metrics, write_meta
 from lab.train.recipe import Recipe, load_recipe
 from lab.train.schedule import learning_rate
-from lab.train.setup import base_config, build_model, check_run_dir, load_data, make_optimizer
+from lab.train.setup import base_config, build_model, check_run_dir, load_data, make_optimizer, place_model
 from lab.train.signals import StopFlag, TrainingStopped
 
 
@@ -49,11 +49,15 @@ def train(recipe, out_dir, *, max_steps: int | None = None, resume: bool = False
     stop_at = recipe.train.max_steps if max_steps is None else max_steps
     if not isinstance(stop_at, int) or stop_at <= 0:
         raise LabError(f"max_steps must be a positive integer, got {stop_at!r}")
+    # A process group the caller joined (lab.pipeline trains several runs in one torchrun) outlives this
+    # run: torch cannot join a group again once it has left it.
+    callers = torch.distributed.is_available() and torch.distributed.is_initialized()
     info = distributed.setup(recipe.hardware.device)
     try:
         return _Run(recipe, Path(out_dir), info, stop_at, resume, progress).run()
     finally:
-        distributed.teardown(info)
+        if not callers:
+            distributed.teardown(info)
 
 
 class _Run:
@@ -68,13 +72,13 @@ class _Run:
     # ------------------------------------------------------------------ set-up
     def _prepare(self) -> None:
         recipe, info = self.recipe, self.info
-        model = build_model(recipe, self.cfg, self.resume_from)
+        model = build_model(recipe, self.cfg, self.resume_from, keep_meta=info.sharded)
         self.cfg = model.config
         self.save_cfg = self.cfg.replace(dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
         self.save_cfg.extra["eos_token_id"] = self.data.eos  # `lab generate` stops at the end of a document
         self.n_params = model.num_parameters()
         bf16 = recipe.train.precision == "bf16"
-        self.model = distributed.shard(model.to(info.device).train(), info, bf16=bf16)
+        self.model = place_model(model, recipe, info)
         self.autocast = contextlib.nullcontext
         if bf16 and not (info.sharded and info.device.type == "cuda"):  # FSDP's policy casts on GPU
             self.autocast = functools.partial(torch.autocast, info.device.type, dtype=torch.bfloat16)

@@ -11,7 +11,8 @@ optim:   {lr: 3.0e-3, min_lr_ratio: 0.1, warmup_steps: 30, schedule: cosine, wei
           betas: [0.9, 0.95], eps: 1.0e-8, grad_clip: 1.0}
 train:   {max_steps: 300, eval_every: 50, eval_sequences: 8, save_every: 100, keep_checkpoints: 2,
           log_every: 1, precision: fp32, sample_tokens: 32}
-hardware: {device: auto, peak_tflops: null, gpu: null}
+hardware: {device: auto, peak_tflops: null, gpu: null, compile: false, activation_checkpointing: false,
+           meta_init: auto, fused_optimizer: auto}
 ```
 
 Every key is checked: an unknown key, a wrong type or a value out of range raises one LabError
@@ -20,6 +21,12 @@ one micro-batch across all processes; an optimizer step takes `grad_accum` of th
 `tokenizer` and `init_from` paths are relative to the current directory; null means the shipped
 corpus and tokenizer. `optim.lr` is the peak, reached after `warmup_steps`; the schedule ends at
 `min_lr_ratio * lr` after `train.max_steps`.
+
+`hardware` says how to run, never what is computed (it is left out of the digest, so a run may resume
+on other hardware): `compile` wraps each block in `torch.compile`; `activation_checkpointing`
+recomputes each block's activations in the backward pass (less memory, about a third more compute);
+`meta_init` builds a fresh model on the meta device and materialises it where it will live (`auto`:
+on CUDA); `fused_optimizer` takes AdamW's fused kernel (`auto`: on CUDA).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from lab.flops import PEAK_FLOPS
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+SWITCHES = ("auto", "always", "never")  # auto: on CUDA only
 
 
 def _rule(check, text: str) -> dict:
@@ -104,6 +112,15 @@ class HardwareSpec:
     peak_tflops: float | None = field(default=None, metadata=_rule(lambda v: v is None or v > 0, "must be > 0"))
     gpu: str | None = field(default=None, metadata=_rule(lambda v: v is None or v in PEAK_FLOPS,
                                                          f"must be one of {', '.join(PEAK_FLOPS)}"))
+    compile: bool = False
+    activation_checkpointing: bool = False
+    meta_init: str = field(default="auto", metadata=_one_of(SWITCHES))
+    fused_optimizer: str = field(default="auto", metadata=_one_of(SWITCHES))
+
+    @staticmethod
+    def switch(value: str, device_type: str) -> bool:
+        """Whether an `auto | always | never` switch is on for a device of `device_type`."""
+        return value == "always" or (value == "auto" and device_type == "cuda")
 
     @property
     def peak_flops(self) -> float | None:
@@ -249,6 +266,9 @@ def load_recipe(source: str | os.PathLike | dict | Recipe) -> Recipe:
     values = _read_yaml(Path(source)) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(values, dict):
         raise LabError(f"recipe: must be a mapping with keys {', '.join(TOP_LEVEL)}, got {type(values).__name__}")
+    if "stages" in values or "pipeline" in values:
+        raise LabError("recipe: this is a pipeline recipe (it has stages); run it with "
+                       "`python -m lab pipeline --recipe FILE --out DIR`")
     unknown = sorted(set(values) - set(TOP_LEVEL))
     if unknown:
         raise LabError(f"recipe {unknown[0]}: unknown key (known: {', '.join(TOP_LEVEL)})")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lab import data
+from lab import data, distributed
 from lab.checkpoint import load_pretrained, read_config
 from lab.config import ModelConfig
 from lab.distributed import DistInfo
@@ -83,21 +83,101 @@ def load_data(recipe: Recipe, cfg: ModelConfig, info: DistInfo) -> RunData:
                    data.TrainBatches(train_tokens, spec.seq_len, spec.batch_size, recipe.seed), validation, prompts)
 
 
-def build_model(recipe: Recipe, cfg: ModelConfig, resume_from: Path | None) -> DecoderLM:
-    """The model at the run's first step: a checkpoint's weights, or a fresh one seeded by the recipe."""
+def build_model(recipe: Recipe, cfg: ModelConfig, resume_from: Path | None, *, keep_meta: bool = False) -> DecoderLM:
+    """The model at the run's first step: a checkpoint's weights, or a fresh one seeded by the recipe.
+
+    Checkpoints are read onto the run's device directly (`load_pretrained` builds on the meta device
+    and assigns the tensors read: one copy in memory). A fresh model with `hardware.meta_init` on is
+    built on the meta device and materialised on the run's device (`materialize`); `keep_meta` leaves
+    it on meta, for `place_model` to shard first and then materialise each process's shard only.
+    Then `configure` applies activation checkpointing and per-block compilation.
+    """
+    device = distributed.current_device(recipe.hardware.device)
     if resume_from is not None:
-        return load_pretrained(resume_from, moe_dispatch=cfg.moe_dispatch)
-    if recipe.init_from is not None:
+        model = load_pretrained(resume_from, moe_dispatch=cfg.moe_dispatch, device=device)
+    elif recipe.init_from is not None:
         # Train on fp32 master weights whatever the checkpoint stores (bf16 weights lose small updates).
-        return load_pretrained(recipe.init_from, dtype=torch.float32)
-    torch.manual_seed(recipe.seed)
-    return DecoderLM(cfg)
+        model = load_pretrained(recipe.init_from, dtype=torch.float32, device=device)
+    elif recipe.hardware.switch(recipe.hardware.meta_init, device.type):
+        with torch.device("meta"):
+            model = DecoderLM(cfg)
+        if not keep_meta:
+            materialize(model, device, recipe.seed)
+    else:
+        torch.manual_seed(recipe.seed)
+        model = DecoderLM(cfg)
+    return configure(model, recipe)
+
+
+def materialize(model: DecoderLM, device: torch.device, seed: int) -> DecoderLM:
+    """Give a meta-device model real storage on `device` and initialise it (`DecoderLM.init_weights`).
+
+    Invariant: the result equals an eagerly built model re-initialised under the same seed
+    (`torch.manual_seed(seed); model.init_weights()`): every parameter is written, none left as the
+    uninitialised memory of `to_empty`. (It does not equal `manual_seed(seed); DecoderLM(cfg)`, whose
+    layer constructors draw from the generator before `init_weights` does.)
+
+    A model sharded by FSDP2 (DTensor parameters) is initialised one parameter at a time: each process
+    draws the whole parameter on the CPU from the same seed and keeps its own shard, so the sharded
+    model equals the unsharded one materialised on the CPU (drawing each shard from the same local
+    generator would repeat the same values in every shard).
+    """
+    model.to_empty(device=device)
+    torch.manual_seed(seed)
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        model.init_weights()
+        return model
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            whole = torch.empty(p.shape, dtype=p.dtype)
+            model.init_parameter_(name, whole)
+            if isinstance(p, DTensor):
+                # src_data_rank=None: every process holds `whole` already; each keeps its shard, no communication.
+                local = distribute_tensor(whole.to(device), p.device_mesh, p.placements, src_data_rank=None)
+                p.to_local().copy_(local.to_local())
+            else:
+                p.copy_(whole)
+    return model
+
+
+def configure(model: DecoderLM, recipe: Recipe) -> DecoderLM:
+    """Apply the recipe's runtime options in place: activation checkpointing, then `torch.compile` per
+    block (torchtitan's order, before FSDP2 wraps the blocks). Parameter names and values are unchanged:
+    `Module.compile` compiles in place, with no `_orig_mod.` prefix in the state dict."""
+    hw = recipe.hardware
+    model.activation_checkpointing = hw.activation_checkpointing
+    if hw.compile:
+        for block in model.layers:
+            block.compile()
+    return model
+
+
+def place_model(model: DecoderLM, recipe: Recipe, info: DistInfo) -> torch.nn.Module:
+    """The model where it trains: shard it (FSDP2 under torchrun) and move it to the device.
+
+    A model still on the meta device (`build_model(..., keep_meta=True)`) is sharded first and then
+    materialised, so that each process allocates only its shard: a model that does not fit whole in
+    one device's memory (or twice in the host's) can still start.
+    """
+    bf16 = recipe.train.precision == "bf16"
+    if any(p.is_meta for p in model.parameters()):
+        model = distributed.shard(model.train(), info, bf16=bf16)
+        return materialize(model, info.device, recipe.seed)
+    return distributed.shard(model.to(info.device).train(), info, bf16=bf16)
 
 
 def make_optimizer(model, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (norm weights and biases are not decayed)."""
+    """AdamW; weight decay on matrices only (norm weights and biases are not decayed).
+
+    `hardware.fused_optimizer` (auto: on CUDA) takes the fused kernel: one launch for all parameters
+    instead of several per tensor; the same update up to rounding.
+    """
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     o = recipe.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+    device_type = next(model.parameters()).device.type
+    fused = recipe.hardware.switch(recipe.hardware.fused_optimizer, device_type)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, **({"fused": True} if fused else {}))
