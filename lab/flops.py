@@ -102,3 +102,55 @@ def savings(phases: tuple[Phase, ...] | list[Phase], scratch: Phase) -> tuple[fl
     time = scratch.days / sum(p.days for p in phases)
     compute = scratch.days * scratch.gflops / sum(p.days * p.gflops for p in phases)
     return time, compute
+
+
+# ------------------------------------------------------------------ Table 6 from a measured run
+SECONDS_PER_DAY = 86_400
+
+
+def measured_phase(name: str, tokens: float, flops: float, tokens_per_s: float, devices: int = 1) -> Phase:
+    """A Table 6 row from measured figures: `tokens` trained on at `tokens_per_s`, spending `flops`.
+
+    GFLOPS per device is the achieved rate (FLOPs per token x tokens/s / devices), so days x devices x
+    GFLOPS per device is the phase's measured FLOPs; the model size is FLOPs per token / 6 (the 6N rule,
+    attention included).
+    """
+    if tokens <= 0 or flops <= 0 or tokens_per_s <= 0 or devices <= 0:
+        raise ValueError(f"phase {name!r}: tokens, flops, tokens_per_s and devices must be > 0")
+    per_token = flops / tokens
+    return Phase(name, devices, per_token * tokens_per_s / devices / 1e9, per_token / 6 / 1e9, tokens / 1e9,
+                 tokens_per_s * SECONDS_PER_DAY / 1e9)
+
+
+def _number(value) -> float:
+    """A metrics field as a float; 0 for a missing or non-numeric one (hand-edited or uploaded files)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def run_phases(records: list[dict], devices: int = 1) -> list[Phase]:
+    """One measured Phase per stage of a pipeline's merged `train` records (cumulative tokens and FLOPs,
+    lab.pipeline.merge), in order: the stage's tokens and FLOPs, and its median tokens/s (the median
+    keeps the first steps' warm-up out). Stages without tokens, FLOPs or throughput are left out."""
+    stages: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("event") == "train":
+            stages.setdefault(str(r.get("stage_name") or r.get("stage")), []).append(r)
+    phases, tokens_before, flops_before = [], 0.0, 0.0
+    for name, rs in stages.items():
+        tokens, flops = _number(rs[-1].get("tokens")), _number(rs[-1].get("flops"))
+        speeds = sorted(s for s in (_number(r.get("tokens_per_s")) for r in rs) if s > 0)
+        if tokens > tokens_before and flops > flops_before and speeds:
+            label = str(rs[-1].get("stage") or name)
+            phases.append(measured_phase(label, tokens - tokens_before, flops - flops_before,
+                                         speeds[len(speeds) // 2], devices))
+        tokens_before, flops_before = tokens, flops
+    return phases
+
+
+def scratch_phase(phases: list[Phase] | tuple[Phase, ...], baseline: Phase | None = None) -> Phase:
+    """Table 6's from-scratch row for measured `phases`: the final model on all their tokens, at the
+    throughput of `baseline` (a from-scratch run of that model) when given, else at the last phase's
+    (as the paper does: its scratch row takes the Scale-Out cluster's 25 B tokens/day)."""
+    like = baseline or phases[-1]
+    return Phase("from scratch", like.devices, like.gflops_per_device, like.params_b,
+                 sum(p.tokens_b for p in phases), like.tokens_per_day_b)
