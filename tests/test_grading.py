@@ -92,3 +92,32 @@ def test_cli_prints_score_and_refuses_bad_paths(tmp_path, tests_file, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["grade", str(good), "--assignment", "nonexistent"]) == 2
     assert "no assignment named 'nonexistent'" in capsys.readouterr().err
+
+
+def test_a_folder_of_submissions_is_graded_into_a_table_and_a_csv(tmp_path, tests_file, capsys):
+    folder = tmp_path / "collected"
+    folder.mkdir()
+    write(folder, "alice.py", GOOD)
+    write(folder, "bob.py", "def double(x):\n    return 2 * x\n\ndef square(x) return 0\n")
+    write(folder, "_notes.py", "not a submission")
+    csv_path = tmp_path / "grades.csv"
+    assert main(["grade", str(folder), "--tests", str(tests_file), "--csv", str(csv_path)]) == 0
+    out = capsys.readouterr().out
+    assert "alice.py" in out and "5/5" in out and "bob.py" in out and "0/5" in out and "_notes" not in out
+    assert csv_path.read_text().splitlines() == [
+        "submission,assignment,score,total,Q1,Q2", "alice.py,alice,5,5,2,3", "bob.py,bob,0,5,0,0"]
+    assert main(["grade", str(folder), "--tests", str(tests_file), "--csv", str(tmp_path / "no" / "g.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["grade", str(empty), "--tests", str(tests_file)]) == 2
+    assert "no .py or .ipynb submissions" in capsys.readouterr().err
+
+
+def test_nan_is_never_close():
+    import torch
+
+    from lab.grading import check_close
+
+    with pytest.raises(AssertionError, match="NaN"):
+        check_close(torch.tensor([float("nan"), 1.0]), torch.tensor([0.0, 1.0]), "x")

@@ -1,8 +1,10 @@
 """Where an assignment's tests live, and which assignment a submission is.
 
-The shipped assignments are in `notebooks/assignments/`: the student version `NAME.py`, its visible
-tests `tests/NAME.py`, and the instructor's solution `solutions/NAME.py` with hidden tests, if any,
-in `solutions/hidden/NAME.py`.
+The shipped assignments are in `notebooks/assignments/`: the student version `NAME.py` (NAME is
+`NN_topic`, e.g. `01_fpi`), its visible tests `tests/NAME.py`, and the instructor's solution
+`solutions/NAME.py` with hidden tests, if any, in `solutions/hidden/NAME.py`. A student file names its
+assignment on a `# assignment: NAME` line, so that a renamed copy (`alice_fpi.py`, or the notebook
+`jupytext --to ipynb` makes of it) is still graded with the right tests.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.grading.student import submission_source
 
 ASSIGNMENTS_DIR = Path(__file__).resolve().parents[2] / "notebooks" / "assignments"
 _MARKER = re.compile(r"^#\s*assignment:\s*([A-Za-z0-9_\-]+)\s*$", re.MULTILINE)
@@ -23,9 +26,11 @@ def available() -> list[str]:
 def assignment_of(submission: Path) -> str:
     """The assignment a file answers: its `# assignment: NAME` line, else its file name."""
     try:
-        found = _MARKER.search(submission.read_text(encoding="utf-8", errors="replace"))
+        found = _MARKER.search(submission_source(submission))
     except OSError as e:
         raise LabError(f"{submission}: cannot read it ({e.strerror})") from None
+    except ValueError:  # a .ipynb that is not JSON (UnicodeDecodeError is a ValueError too)
+        found = None
     return found.group(1) if found else submission.stem
 
 
@@ -41,3 +46,13 @@ def tests_for(name: str, hidden: bool = False) -> list[Path]:
     if hidden and extra.is_file():
         files.append(extra)
     return files
+
+
+def student_file(name: str) -> Path:
+    """The student version of assignment `name`, the file handed out."""
+    return ASSIGNMENTS_DIR / f"{name}.py"
+
+
+def solution_file(name: str) -> Path:
+    """The instructor's solution of assignment `name`."""
+    return ASSIGNMENTS_DIR / "solutions" / f"{name}.py"

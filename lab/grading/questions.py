@@ -43,7 +43,9 @@ def check_close(actual, expected, what: str, atol: float = 1e-5, rtol: float = 1
         raise AssertionError(f"{what}: expected a tensor, got {type(actual).__name__}")
     if tuple(actual.shape) != tuple(expected.shape):
         raise AssertionError(f"{what}: expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}")
-    gap = (actual.double() - expected.double()).abs()
-    bound = atol + rtol * expected.double().abs()
-    if bool((gap > bound).any()):
+    gap = (actual.detach().double() - expected.detach().double()).abs()
+    bound = atol + rtol * expected.detach().double().abs()
+    if not bool((gap <= bound).all()):  # `<=`, not `>`: a NaN fails too
+        if bool(actual.isnan().any()) and not bool(expected.isnan().any()):
+            raise AssertionError(f"{what}: got NaN values")
         raise AssertionError(f"{what}: values differ from the expected ones by up to {gap.max().item():.3g}")

@@ -1,0 +1,44 @@
+"""Hidden tests of assignment 02_depth: other depths, a model with q/k/v biases, uneven growth."""
+
+import runpy
+from pathlib import Path
+
+import torch
+
+from lab.grading import check_close, question
+from lab.growth import layer_order
+
+# The visible tests' helpers (the hidden tests stay with the solutions, the helpers are shared).
+_visible = runpy.run_path(str(Path(__file__).resolve().parents[2] / "tests" / "02_depth.py"))
+tiny_model, tokens, check_order, check_layers_copied = (
+    _visible["tiny_model"], _visible["tokens"], _visible["check_order"], _visible["check_layers_copied"])
+
+
+@question(points=1)
+def h1_orders_uneven(student):
+    """stack_order and interpolate_order: one source layer, uneven ratios"""
+    for old, new in ((1, 4), (5, 8), (3, 10)):
+        check_order(student, "stack_order", "stack", old, new)
+        check_order(student, "interpolate_order", "interpolate", old, new)
+
+
+@question(points=2)
+def h2_grow_depth_bias(student):
+    """grow_depth: a model with q/k/v biases, stacked 2 -> 6"""
+    model = tiny_model(2)
+    biased = type(model)(model.config.replace(qkv_bias=True))
+    with torch.no_grad():
+        for p in biased.parameters():
+            p.normal_(0.0, 0.3)
+    order = layer_order(2, 6, "stack")
+    check_layers_copied(student.grow_depth(biased, order), biased, order, f"grow_depth(2 layers with bias, {order})")
+
+
+@question(points=2)
+def h3_identity_growth_uneven(student):
+    """identity_growth: 3 -> 7 layers keeps the logits"""
+    model = tiny_model(3, seed=5)
+    ids = tokens(n=3, length=10, seed=7)
+    with torch.no_grad():
+        check_close(student.identity_growth(model, 7).eval()(ids).logits, model(ids).logits,
+                    "invariant: identity growth 3 -> 7 keeps the logits", atol=1e-5, rtol=1e-4)
