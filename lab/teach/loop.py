@@ -1,0 +1,118 @@
+"""A few training steps of a model held in memory, for notebooks that watch something change step by step.
+
+`lab.train.train` is the real loop (recipes, run directories, checkpoints, resume); a notebook that
+wants to look inside the model after every step (are the copies still equal? where do tokens go?)
+needs the model in its hands instead. `train_steps` is that: AdamW (weight decay on matrices only, as
+`lab.train`), gradient clipping at 1, batches from `lab.data.TrainBatches` (a pure function of the
+step, so two runs from the same model see the same data), and records shaped like those of a
+`metrics.jsonl` (event "train": `step`, `tokens`, `flops`, `loss`, `lm_loss`, and for an MoE `aux_loss`,
+`z_loss`, `router_entropy`, `tokens_per_expert`; event "eval": `val_loss`, `val_loss_mean`), so that
+`as_run` hands them to the same plot builders as a run read from disk (`lab.plots.curves`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from lab.data import TrainBatches, load_tokens, validation_batches
+from lab.flops import flops_per_token
+from lab.runs import MetricsLog, Run
+from lab.teach.fast import pick, progress_enabled
+from lab.train.evaluate import validation_losses
+
+
+@functools.lru_cache(maxsize=2)
+def corpus_tokens(split: str) -> dict[str, torch.Tensor]:
+    """The shipped corpus's `split`, one token stream per domain, encoded once per process."""
+    return load_tokens(split)
+
+
+def train_batches(seq_len: int, batch_size: int, seed: int = 0) -> TrainBatches:
+    return TrainBatches(corpus_tokens("train"), seq_len, batch_size, seed)
+
+
+def validation_windows(seq_len: int, n_per_domain: int = 4) -> dict[str, torch.Tensor]:
+    """Fixed (n, seq_len) validation windows per domain: the same text at every evaluation."""
+    return validation_batches(corpus_tokens("validation"), seq_len, n_per_domain)
+
+
+def val_loss(model, seq_len: int = 64, n_per_domain: int = 4) -> dict[str, float]:
+    """LM loss per domain on the validation windows, plus their mean under "mean"."""
+    losses = validation_losses(model, validation_windows(seq_len, n_per_domain), torch.device("cpu"))
+    return {**losses, "mean": sum(losses.values()) / len(losses)}
+
+
+def make_optimizer(model, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+def train_steps(model, steps: int, *, lr: float = 3e-3, warmup: int = 0, batch_size: int | None = None, seq_len: int = 64,
+                seed: int = 0, first_step: int = 0, tokens: int = 0, flops: float = 0.0, eval_every: int = 0,
+                on_step: Callable[[int, object, dict], None] | None = None, desc: str = "train",
+                optimizer: torch.optim.Optimizer | None = None) -> list[dict]:
+    """Train `model` in place for `steps` steps; a "train" record per step (and `on_step(step, model, record)`).
+
+    The learning rate rises linearly over `warmup` steps, then stays at `lr`. `first_step`, `tokens`
+    and `flops` continue the counters of an earlier stage (a pipeline's cumulative axes); batch `i` of
+    the data is step `first_step + i`. With `eval_every` N, an "eval" record comes before the first step
+    and after every N-th (and the last). `batch_size` defaults to 8 sequences, 4 under `LAB_FAST`.
+    """
+    batch_size = batch_size or pick(8, 4)
+    cfg = model.config
+    per_token = flops_per_token(cfg, seq_len)
+    data = train_batches(seq_len, batch_size, seed)
+    optimizer = optimizer or make_optimizer(model, lr)
+    model.train()
+    records = []
+
+    def evaluate(step: int) -> None:
+        losses = val_loss(model, seq_len)
+        mean = losses.pop("mean")
+        records.append({"event": "eval", "step": step, "tokens": tokens, "flops": flops, "val_loss": losses,
+                        "val_loss_mean": mean})
+
+    if eval_every:
+        evaluate(first_step)
+    for i in tqdm(range(steps), desc=desc, unit="step", disable=not progress_enabled(), leave=False):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (i + 1) / warmup) if warmup else lr
+        ids = data.batch(first_step + i)
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += ids.numel()
+        flops += ids.numel() * per_token
+        record = {"event": "train", "step": first_step + i + 1, "tokens": tokens, "flops": flops, "loss": out.loss.item(),
+                  "lm_loss": out.lm_loss.item()}
+        if out.aux_loss is not None:
+            record.update(aux_loss=out.aux_loss.item(), z_loss=out.z_loss.item(),
+                          router_entropy=out.router_entropy.item(), tokens_per_expert=out.tokens_per_expert.tolist())
+        records.append(record)
+        if eval_every and ((i + 1) % eval_every == 0 or i + 1 == steps):
+            evaluate(first_step + i + 1)
+        if on_step is not None:
+            on_step(first_step + i + 1, model, record)
+    model.eval()
+    return records
+
+
+def as_run(name: str, records: list[dict], stage: str | None = None) -> Run:
+    """Records of `train_steps` (one stage or several concatenated) as a `lab.runs.Run` for the plot
+    builders; `stage` labels records that carry none."""
+    if stage is not None:
+        records = [{"stage": stage, **r} for r in records]
+    return Run(name, Path(name), {}, MetricsLog(records=list(records)))
+
+
+def events(records: list[dict], kind: str = "train") -> list[dict]:
+    return [r for r in records if r.get("event") == kind]

@@ -1,0 +1,175 @@
+"""The notebooks and the helpers they call (`lab.teach`, `lab.notebooks`).
+
+The helpers' invariants are checked on tiny models in a second or so; every notebook is executed top to
+bottom with LAB_FAST=1 in a fresh kernel (slow: about a minute each on 2 cores), and its time printed
+and recorded as a test property (`pytest -s` or the junit report shows it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import lab
+from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, savings
+from lab.growth import grow_model, growth_maps, plan_growth
+from lab.notebooks import build, execute, notebook_sources, read_notebook
+from lab.teach.fast import fast_mode, pick, progress_enabled
+from lab.teach.heads import global_head_map, groups_after_growth, permute_q_heads
+from lab.teach.layers import substitution_losses, weight_similarity
+from lab.teach.reference import reference_group, reference_run
+from lab.teach.similarity import copy_similarity, distinct_units, mlp_units
+
+EXPECTED = ["01_fpi_symmetry", "02_depth_growth", "03_gqa_aki_pro", "04_upcycling_and_routers",
+            "05_compute_savings", "06_efficientscale_end_to_end"]
+
+
+def tiny(**kw) -> lab.ModelConfig:
+    base = dict(dim=32, n_layers=2, n_heads=4, ffn_dim=64, vocab_size=97, max_seq_len=64)
+    return lab.ModelConfig(**{**base, **kw})
+
+
+def tokens(cfg, n=2, T=16, seed=0):
+    return torch.randint(0, cfg.vocab_size, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------ switches
+@pytest.mark.parametrize("value,expected", [(None, False), ("", False), ("0", False), ("false", False),
+                                            ("1", True), ("yes", True)])
+def test_fast_mode_reads_lab_fast(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("LAB_FAST", raising=False)
+    else:
+        monkeypatch.setenv("LAB_FAST", value)
+    assert fast_mode() is expected
+    assert pick("full", "fast") == ("fast" if expected else "full")
+
+
+def test_progress_is_off_in_ci(monkeypatch):
+    monkeypatch.delenv("LAB_PROGRESS", raising=False)
+    monkeypatch.setenv("CI", "true")
+    assert not progress_enabled()
+    monkeypatch.delenv("CI")
+    assert progress_enabled()
+    monkeypatch.setenv("LAB_PROGRESS", "0")
+    assert not progress_enabled()
+
+
+# ------------------------------------------------------------------ symmetry (notebook 01)
+def _adam_steps(model, ids, steps=3):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("method,stays_copies", [("fpi", True), ("aki", False)])
+def test_fpi_copies_stay_copies_and_aki_breaks_them(method, stays_copies):
+    cfg = tiny()
+    torch.manual_seed(0)
+    source = lab.DecoderLM(cfg)
+    plan = plan_growth(cfg, method=method, ffn_dim=128)
+    grown = grow_model(source, plan)
+    ffn = growth_maps(plan)["ffn"]
+    _adam_steps(grown, tokens(cfg))
+    sims = copy_similarity(mlp_units(grown, 0), ffn)
+    if stays_copies:
+        torch.testing.assert_close(sims, torch.ones_like(sims))
+        assert distinct_units(mlp_units(grown, 0)) == cfg.ffn_dim
+    else:
+        assert sims.max() < 0.99
+        assert distinct_units(mlp_units(grown, 0)) == 128
+
+
+# ------------------------------------------------------------------ heads (notebook 03)
+def test_q_heads_permuted_inside_groups_keep_the_function_across_groups_do_not():
+    cfg = tiny(n_kv_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    model = lab.DecoderLM(cfg).eval()
+    ids = tokens(cfg)
+    ref = model(ids).logits
+    torch.testing.assert_close(permute_q_heads(model, [1, 0, 3, 2])(ids).logits, ref)
+    assert (permute_q_heads(model, [2, 3, 0, 1])(ids).logits - ref).abs().max() > 1e-3
+
+
+def test_global_head_map_moves_heads_to_other_groups():
+    trained, reads = groups_after_growth(global_head_map(32, 40), 32, 8, 40)
+    assert (trained != reads).sum() > 0
+    grouped = growth_maps(plan_growth(tiny(dim=32, n_heads=4, n_kv_heads=2, head_dim=8), method="aki-pro",
+                                      dim=48, n_heads=6))["q"]
+    heads = grouped.index[::8] // 8
+    trained, reads = groups_after_growth(type(grouped)(heads, grouped.is_new[::8], 4), 4, 2, 6)
+    assert torch.equal(trained, reads)
+
+
+# ------------------------------------------------------------------ layers (notebook 02)
+def test_layer_similarity_diagonals():
+    cfg = tiny(n_layers=3)
+    torch.manual_seed(0)
+    model = lab.DecoderLM(cfg).eval()
+    ids = tokens(cfg)
+    sim = weight_similarity(model)
+    torch.testing.assert_close(sim.diag(), torch.ones(3))
+    subs = substitution_losses(model, ids)
+    own = model(ids, labels=ids).lm_loss
+    torch.testing.assert_close(subs.diag(), own.expand(3))
+    assert (subs - own).abs().max() > 1e-4  # another layer's weights compute something else
+
+
+# ------------------------------------------------------------------ savings widget (notebook 05)
+def test_savings_explorer_starts_at_the_paper_and_moves_with_a_slider():
+    from lab.teach.savings_widget import savings_explorer
+
+    box, state = savings_explorer(AQUILA_TABLE6, AQUILA_SCRATCH)
+    text = box.children[1].value
+    assert "×4.12" in text and "×3.35" in text
+    scale_out_tokens = box.children[0].children[2].children[0]
+    scale_out_tokens.value = scale_out_tokens.value * 2
+    assert state["phases"][2].tokens_b == pytest.approx(AQUILA_TABLE6[2].tokens_b * 2)
+    time_factor, _ = savings(state["phases"], state["scratch"])
+    assert time_factor < 4.12
+    assert f"×{time_factor:.2f}" in box.children[1].value
+    assert f"×{time_factor:.2f}" in box.children[2].layout.title.text
+
+
+# ------------------------------------------------------------------ reference runs
+def test_reference_helpers_tolerate_missing_runs(tmp_path):
+    assert reference_run("efficientscale-tiny", root=tmp_path) is None
+    assert reference_group("growth", root=tmp_path) == {}
+    run = tmp_path / "growth" / "b"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"event": "eval", "step": 0, "val_loss_mean": 1.0}\n')
+    (tmp_path / "growth" / "a").mkdir()  # no metrics: not a run
+    assert list(reference_group("growth", order=("b",), root=tmp_path)) == ["b"]
+
+
+# ------------------------------------------------------------------ the notebooks
+def test_six_notebooks_each_with_prose_figures_and_exercises(tmp_path):
+    sources = notebook_sources()
+    assert [s.stem for s in sources] == EXPECTED
+    for source in sources:
+        nb = read_notebook(source)
+        markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert "## Exercises" in markdown, source.name
+        assert "setup_plotly()" in code and "figure(" in code, source.name
+        out = build(source, tmp_path / source.with_suffix(".ipynb").name)
+        assert out.is_file() and nb.metadata["kernelspec"]["name"] == "python3"
+    assert any("savings_explorer" in s.read_text() for s in sources)  # at least one uses widgets
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_executes_fast(name, record_property):
+    source = next(s for s in notebook_sources() if s.stem == name)
+    done = execute(source, fast=True, timeout=600)
+    record_property("seconds", round(done.seconds, 1))
+    print(f"\n{name}: {done.seconds:.1f} s")
+    figures = sum("application/vnd.plotly.v1+json" in o.get("data", {})
+                  for c in done.notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert figures >= 1, f"{name}: no figure was drawn"
+    assert math.isfinite(done.seconds)
