@@ -1,0 +1,100 @@
+"""Page: the compute savings of EfficientScale (AquilaMoE Table 6), editable, and from a run's records.
+
+The factors are `lab.flops.savings`: time = scratch days / the phases' days (4.12 for the paper's
+figures), compute = the same weighted by each cluster's GFLOPS (3.35). Edit a cell and both update.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import streamlit as st
+
+from lab.dashboard import measured, sources
+from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, Phase, savings
+from lab.plots.savings import savings_figure
+
+TABLE_KEY = "table6"
+# column: (Phase field, min, max); the bounds keep every figure positive and finite.
+COLUMNS = {"devices": ("devices", 1, 1_000_000), "GFLOPS / device": ("gflops_per_device", 1e-6, 1e7),
+           "model (B)": ("params_b", 1e-9, 1e5), "tokens (B)": ("tokens_b", 1e-12, 1e6),
+           "tokens / day (B)": ("tokens_per_day_b", 1e-12, 1e6)}
+
+
+def phase_rows(phases: list[Phase]) -> list[dict]:
+    return [{"phase": p.name, **{col: getattr(p, f) for col, (f, _, _) in COLUMNS.items()}} for p in phases]
+
+
+def rows_to_phases(rows: list[dict]) -> list[Phase] | str:
+    """Phases from edited rows, or why they cannot be used (an empty or out-of-range cell)."""
+    phases = []
+    for row in rows:
+        values = {}
+        for col, (field, low, high) in COLUMNS.items():
+            v = row.get(col)
+            if v is None or not isinstance(v, (int, float)) or math.isnan(v) or not low <= v <= high:
+                return f"{row.get('phase')}: {col} must be a number in [{low:g}, {high:g}]"
+            values[field] = int(v) if field == "devices" else float(v)
+        phases.append(Phase(str(row["phase"]), **values))
+    return phases
+
+
+def show_factors(phases: list[Phase], scratch: Phase, key: str) -> None:
+    time_factor, compute_factor = savings(phases, scratch)
+    c1, c2 = st.columns(2)
+    c1.metric("time savings", f"{time_factor:.2f}×", help="scratch days / the phases' days")
+    c2.metric("compute savings", f"{compute_factor:.2f}×", help="scratch GFLOPS-days / the phases' GFLOPS-days")
+    st.plotly_chart(savings_figure(phases, scratch), width="stretch", key=key)
+
+
+def paper_table() -> None:
+    st.subheader("The paper's figures (Table 6)")
+    if st.button("reset to the paper's figures"):
+        st.session_state.pop(TABLE_KEY, None)
+    config = {col: st.column_config.NumberColumn(col, min_value=low, max_value=high, required=True)
+              for col, (_, low, high) in COLUMNS.items()}
+    config["phase"] = st.column_config.TextColumn("phase", disabled=True)
+    edited = st.data_editor(phase_rows([*AQUILA_TABLE6, AQUILA_SCRATCH]), key=TABLE_KEY, num_rows="fixed",
+                            hide_index=True, column_config=config, width="stretch")
+    phases = rows_to_phases(edited)
+    if isinstance(phases, str):
+        st.error(phases)
+        return
+    show_factors(phases[:-1], phases[-1], key="paper")
+
+
+def from_run() -> None:
+    st.subheader("From a run's measured figures")
+    runs = {label: r for label, r in sources.catalog().items() if measured.phases_from_run(r)}
+    if not runs:
+        st.caption("No run with train records holding tokens, FLOPs and tokens_per_s.")
+        return
+    labels = list(runs)
+    default = next((i for i, l in enumerate(labels) if len(measured.phases_from_run(runs[l])) > 1), 0)
+    c1, c2 = st.columns(2)
+    label = c1.selectbox("pipeline run", labels, index=default, key="savings_run")
+    phases = measured.phases_from_run(runs[label])
+    baseline_labels = [l for l in labels if l != label]
+    base = c2.selectbox("from scratch", ["the last stage's model and throughput on all tokens"] + baseline_labels,
+                        index=next((i + 1 for i, l in enumerate(baseline_labels) if "baseline" in l), 0),
+                        key="savings_baseline")
+    scratch = measured.scratch_from_phases(phases)
+    if base in runs:
+        measured_scratch = measured.scratch_from_run(runs[base])
+        if measured_scratch is not None:  # the baseline's throughput, on the pipeline's token budget
+            scratch = replace(measured_scratch, tokens_b=scratch.tokens_b)
+    st.dataframe(phase_rows([*phases, scratch]), hide_index=True, width="stretch")
+    st.caption("Measured: tokens per stage, median tokens/s, achieved GFLOPS per device (FLOPs per token × tokens/s),"
+               " model size as FLOPs per token / 6.")
+    show_factors(phases, scratch, key="measured")
+
+
+def render() -> None:
+    st.title("Compute savings")
+    paper_table()
+    from_run()
+
+
+if __name__ == "__main__":
+    render()

@@ -1,0 +1,117 @@
+"""Page: how routers spread tokens over experts, over training and per domain; two runs side by side.
+
+Heatmaps come from train records' `tokens_per_expert` (one list of counts per MoE layer). Per-domain
+load comes from eval records' `tokens_per_expert_by_domain` when a run wrote them, else it is measured
+live: on the run's `final/` checkpoint when it has one, or on a small freshly upcycled model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from lab.dashboard import cache, explorer, sources
+from lab.plots.experts import (DOMAIN_LOAD_FIELD, domain_load_figure, domain_load_from_run, domain_load_steps,
+                               expert_load_heatmap, n_moe_layers, router_metrics_figure)
+from lab.runs import Run
+
+MAX_CHECKPOINT_PARAMS = 50_000_000  # measured live only below this size (seconds, bounded memory)
+
+
+def run_panel(run: Run, layer: int | None, x: str, key: str) -> None:
+    st.plotly_chart(expert_load_heatmap(run, layer=layer, x=x, title=run.name), width="stretch", key=key)
+
+
+@st.cache_resource(max_entries=2, show_spinner="loading the checkpoint...")
+def _checkpoint_model(path: str, stamp: float):
+    import torch
+
+    from lab.checkpoint import load_pretrained
+
+    return load_pretrained(path, dtype=torch.float32).eval()
+
+
+def checkpoint_load(run: Run) -> dict | None:
+    """Per-domain load measured on the run's final/ checkpoint, when it is an MoE small enough."""
+    if run.name.startswith(sources.UPLOAD_PREFIX):
+        return None  # an upload is a metrics file only: its name is no path on this machine
+    final = Path(run.path) / "final"
+    if not (final / "config.json").is_file():
+        return None
+    from lab.checkpoint import read_config
+    from lab.commands import parameter_count
+
+    cfg, _ = read_config(final)
+    if not cfg.is_moe or parameter_count(cfg) > MAX_CHECKPOINT_PARAMS:
+        return None
+    model = _checkpoint_model(str(final), (final / "config.json").stat().st_mtime)
+    return explorer.domain_expert_load(model, cache.windows())
+
+
+def per_domain(run: Run | None) -> None:
+    """Per-domain load of `run` (recorded, or measured on its checkpoint), else of a freshly upcycled model."""
+    st.subheader("Load per domain")
+    if run is None:
+        demo("No MoE run to measure; below, a small dense model trained for a few seconds, upcycled to 8 "
+             "experts (top-2), measured on each domain.")
+        return
+    steps = domain_load_steps(run)
+    chosen = st.select_slider("eval step", steps, value=steps[-1], key="domain_step") if len(steps) > 1 else None
+    found = domain_load_from_run(run, chosen)
+    if found is not None:
+        step, loads = found
+        st.plotly_chart(domain_load_figure(loads, title=f"{run.name}, eval at step {step}"), width="stretch",
+                        key="domain_run")
+        return
+    loads = checkpoint_load(run)
+    if loads is not None:
+        st.plotly_chart(domain_load_figure(loads, title=f"{run.name}/final, measured on the validation windows"),
+                        width="stretch", key="domain_ckpt")
+        return
+    demo(f"{run.name} records no `{DOMAIN_LOAD_FIELD}` and has no final/ checkpoint here; below, a small "
+         "dense model trained for a few seconds, upcycled to 8 experts (top-2), measured on each domain.")
+
+
+def demo(caption: str) -> None:
+    """Per-domain load of a small freshly upcycled MoE (bounded: cached, seconds on a CPU)."""
+    st.caption(caption)
+    c1, c2 = st.columns(2)
+    routing = c1.selectbox("routing", ["topk_softmax", "softmax_topk"], key="demo_routing")
+    seed = int(c2.number_input("router seed", 0, 99, 0, key="demo_seed"))
+    loads = explorer.domain_expert_load(cache.demo_moe(8, 2, routing, seed), cache.windows())
+    st.plotly_chart(domain_load_figure(loads, title="freshly upcycled model: share of tokens per expert"),
+                    width="stretch", key="domain_demo")
+
+
+def render() -> None:
+    st.title("Expert load")
+    runs = {label: r for label, r in sources.catalog().items() if n_moe_layers(r) > 0}
+    if not runs:
+        if sources.catalog():
+            st.info("None of the runs is a Mixture of Experts (no `tokens_per_expert` in its train records).")
+        else:
+            sources.no_runs_message()
+        per_domain(None)
+        return
+    labels = list(runs)
+    c1, c2, c3 = st.columns(3)
+    a = c1.selectbox("run", labels, key="experts_a")
+    b = c2.selectbox("compare with", ["(none)"] + labels, index=2 if len(labels) > 1 else 0, key="experts_b")
+    x = c3.radio("x axis", ["step", "tokens"], horizontal=True, key="experts_x")
+    layers = max(n_moe_layers(runs[a]), n_moe_layers(runs[b]) if b in runs else 0)
+    choice = st.selectbox("MoE layer", ["all"] + list(range(layers)), key="experts_layer")
+    layer = None if choice == "all" else int(choice)
+    shown = [runs[a]] + ([runs[b]] if b in runs else [])
+    cols = st.columns(len(shown))
+    for i, (col, run) in enumerate(zip(cols, shown)):
+        with col:
+            run_panel(run, layer, x, key=f"heat{i}")
+    st.subheader("Load balancing, z-loss, router entropy")
+    st.plotly_chart(router_metrics_figure(shown, x=x), width="stretch", key="router")
+    sources.show_problems(shown)
+    per_domain(runs[a])
+
+
+if __name__ == "__main__":
+    render()

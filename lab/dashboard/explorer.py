@@ -1,0 +1,161 @@
+"""What the dashboard computes live, in seconds on a CPU: growing a small model, and expert load per domain.
+
+Every size a user can ask for is bounded by `LIMITS` (checked here, not only by the widgets), so no
+request can build a model larger than a few tens of millions of parameters.
+
+- `grow_and_compare`: Scale-Up of an in-memory model (`lab.growth.plan_growth` + `grow_model`), then
+  the largest logit gap and both losses on validation windows (`lab.verify.compare`): FPI with an
+  integer width ratio and no new layers (or identity blocks) gives a gap at float rounding; stacking,
+  interpolation and AKI do not (AquilaMoE Table 1).
+- `compare_methods`: the loss at initialisation of every growth rule on the same source and target.
+- `domain_expert_load`: tokens per expert per MoE layer, measured separately on each domain's
+  validation windows; `upcycled_demo_model` makes a small upcycled MoE to measure when a run has no
+  checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lab.config import ModelConfig
+from lab.errors import LabError
+from lab.growth import GrowthPlan, grow_model, plan_growth
+from lab.model import DecoderLM
+from lab.verify import compare
+
+# (min, max) of every size the explorer accepts, for the source and for the target.
+LIMITS: dict[str, tuple[int, int]] = {"dim": (16, 512), "n_layers": (1, 12), "n_heads": (1, 16),
+                                      "ffn_dim": (16, 2048), "train_steps": (0, 100)}
+SOURCE_MAX = {"dim": 256, "n_layers": 6, "n_heads": 8, "ffn_dim": 1024}
+SEQ_LEN, N_PER_DOMAIN, BATCH = 64, 2, 4
+# The growth rules of paper Table 1, as (label, method, depth).
+RULES: tuple[tuple[str, str, str], ...] = (("FPI + stacking", "fpi", "stack"),
+                                           ("FPI + interpolation", "fpi", "interpolate"),
+                                           ("FPI + identity blocks", "fpi", "identity"),
+                                           ("AKI + stacking", "aki", "stack"),
+                                           ("AKI-Pro (interpolation)", "aki-pro", "interpolate"))
+
+
+def _check(name: str, value: int, upper: int | None = None) -> None:
+    low, high = LIMITS[name]
+    high = min(high, upper) if upper is not None else high
+    if not low <= value <= high:
+        raise LabError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def source_config(*, dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int,
+                  vocab_size: int = 4096) -> ModelConfig:
+    """A small Aquila-style dense config (q/k/v bias, untied embeddings) within the explorer's limits."""
+    for name, value in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("ffn_dim", ffn_dim)):
+        _check(name, value, SOURCE_MAX[name])
+    if dim % n_heads:
+        raise LabError(f"dim {dim} is not divisible by n_heads {n_heads}")
+    if n_kv_heads < 1 or n_heads % n_kv_heads:
+        raise LabError(f"n_heads {n_heads} is not divisible by n_kv_heads {n_kv_heads}")
+    try:
+        return ModelConfig(vocab_size=vocab_size, dim=dim, n_layers=n_layers, n_heads=n_heads,
+                           n_kv_heads=n_kv_heads, head_dim=dim // n_heads, ffn_dim=ffn_dim, qkv_bias=True,
+                           tie_embeddings=False, max_seq_len=SEQ_LEN)
+    except ValueError as e:
+        raise LabError(str(e)) from None
+
+
+def validation_windows(tokens: dict[str, torch.Tensor], per_domain: int = N_PER_DOMAIN) -> dict[str, torch.Tensor]:
+    """Per domain, the first `per_domain` validation windows of SEQ_LEN tokens (lab.data.validation_batches)."""
+    from lab.data import validation_batches
+
+    return validation_batches(tokens, SEQ_LEN, max_sequences=per_domain)
+
+
+def build_source(cfg: ModelConfig, *, train_steps: int = 0, seed: int = 0,
+                 train_tokens: dict[str, torch.Tensor] | None = None) -> DecoderLM:
+    """A source model: random (seeded), then `train_steps` AdamW steps on the shipped corpus so its loss
+    means something (a trained source shows what growth keeps and what it loses)."""
+    _check("train_steps", train_steps)
+    torch.manual_seed(seed)
+    model = DecoderLM(cfg)
+    if train_steps:
+        from lab.data import TrainBatches
+
+        if train_tokens is None:
+            raise LabError("training the source needs the train tokens")
+        batches = TrainBatches(train_tokens, SEQ_LEN, BATCH, seed=seed)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        model.train()
+        for step in range(train_steps):
+            x = batches.batch(step)
+            loss = model(x, labels=x).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def plan_for(source: ModelConfig, *, method: str, depth: str, dim: int, n_layers: int, n_heads: int,
+             ffn_dim: int, noise: float = 0.0, seed: int = 0) -> GrowthPlan:
+    """`plan_growth` within the explorer's limits (every check of the plan applies too)."""
+    for name, value in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("ffn_dim", ffn_dim)):
+        _check(name, value)
+    if not 0.0 <= noise <= 1.0:
+        raise LabError(f"noise must be in [0, 1], got {noise}")
+    return plan_growth(source, method=method, depth=depth, dim=dim, n_layers=n_layers, n_heads=n_heads,
+                       ffn_dim=ffn_dim, noise=noise, seed=seed)
+
+
+@dataclass
+class GrowthResult:
+    plan: GrowthPlan
+    source_params: int
+    grown_params: int
+    max_logit_gap: float
+    source_loss: float
+    grown_loss: float
+    seconds: float
+
+
+def grow_and_compare(source: DecoderLM, plan: GrowthPlan, tokens: torch.Tensor) -> GrowthResult:
+    """Grow `source` by `plan` and compare the two models on `tokens` (n, T)."""
+    start = time.perf_counter()
+    grown = grow_model(source, plan).eval()
+    gap, source_loss, grown_loss = compare(source, grown, tokens)
+    return GrowthResult(plan, source.num_parameters(), grown.num_parameters(), gap, source_loss, grown_loss,
+                        time.perf_counter() - start)
+
+
+def compare_methods(source: DecoderLM, tokens: torch.Tensor, **target) -> dict[str, GrowthResult | str]:
+    """Every rule of `RULES` on the same source and target: its result, or why it cannot apply."""
+    out: dict[str, GrowthResult | str] = {}
+    for label, method, depth in RULES:
+        try:
+            plan = plan_for(source.config, method=method, depth=depth, **target)
+        except LabError as e:
+            out[label] = str(e)
+            continue
+        out[label] = grow_and_compare(source, plan, tokens)
+    return out
+
+
+@torch.no_grad()
+def domain_expert_load(model: DecoderLM, windows: dict[str, torch.Tensor]) -> dict[str, list[list[float]]]:
+    """{domain: [[tokens per expert] per MoE layer]} of an MoE on each domain's windows (top_k per token)."""
+    if not model.config.is_moe:
+        raise LabError("the model is dense: it has no experts to count")
+    model.eval()
+    out = {}
+    for domain, x in windows.items():
+        counts = model(x, labels=x).tokens_per_expert  # (n_moe_layers, E)
+        out[domain] = counts.float().tolist()
+    return out
+
+
+def upcycled_demo_model(source: DecoderLM, *, n_experts: int = 8, top_k: int = 2, routing: str = "topk_softmax",
+                        seed: int = 0) -> DecoderLM:
+    """Sparse upcycling of `source` (experts = copies of its MLP, routers ~ N(0, 0.02), seeded)."""
+    from lab.upcycle import UpcyclePlan, upcycle_model
+
+    if not 2 <= n_experts <= 16 or not 1 <= top_k <= n_experts:
+        raise LabError(f"experts must be in [2, 16] and top_k in [1, experts], got {n_experts} and {top_k}")
+    return upcycle_model(source, UpcyclePlan(n_experts=n_experts, top_k=top_k, routing=routing, seed=seed)).eval()

@@ -1,0 +1,102 @@
+"""Page: grow a small model live and see what each Scale-Up method keeps (AquilaMoE 2.2.1, Table 1).
+
+The source is a small Aquila-style decoder built in memory (random, or trained for a few seconds on
+the shipped corpus); the target and method are chosen here; the result shows the largest logit gap
+against the source, the validation loss before and after, and both parameter counts. Every size is
+bounded (`explorer.LIMITS`), so a request takes seconds and little memory.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from lab.dashboard import cache, explorer
+from lab.errors import LabError
+from lab.growth import DEPTH_KINDS, METHODS, inserted_copies, layer_order
+from lab.plots.growth import init_loss_figure, layer_order_figure, parameter_figure
+
+
+def _int(col, label: str, name: str, value: int, key: str, upper: int | None = None, step: int = 1,
+         help: str | None = None) -> int:
+    low, high = explorer.LIMITS[name]
+    return int(col.number_input(label, min_value=low, max_value=min(high, upper or high), value=value, step=step,
+                                key=key, help=help))
+
+
+def source_inputs():
+    st.subheader("Source")
+    c = st.columns(6)
+    dim = _int(c[0], "dim", "dim", 64, "src_dim", explorer.SOURCE_MAX["dim"], step=16)
+    layers = _int(c[1], "layers", "n_layers", 2, "src_layers", explorer.SOURCE_MAX["n_layers"])
+    heads = _int(c[2], "heads", "n_heads", 4, "src_heads", explorer.SOURCE_MAX["n_heads"])
+    kv = _int(c[3], "kv heads", "n_heads", heads, "src_kv", explorer.SOURCE_MAX["n_heads"])
+    ffn = _int(c[4], "ffn_dim", "ffn_dim", 176, "src_ffn", explorer.SOURCE_MAX["ffn_dim"], step=16)
+    steps = _int(c[5], "train steps", "train_steps", 20, "src_steps",
+                 help="AdamW steps on the shipped corpus before growing (0: a random model)")
+    cfg = explorer.source_config(dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv, ffn_dim=ffn)
+    return cfg, steps
+
+
+def target_inputs(cfg):
+    st.subheader("Target and method")
+    c = st.columns(6)
+    method = c[0].selectbox("method", METHODS, index=2 if cfg.n_kv_heads != cfg.n_heads else 0, key="method")
+    depth = c[1].selectbox("depth", DEPTH_KINDS, index=1 if method == "aki-pro" else 0, key="depth")
+    dim = _int(c[2], "dim", "dim", 2 * cfg.dim, "tgt_dim", step=16)
+    layers = _int(c[3], "layers", "n_layers", cfg.n_layers, "tgt_layers")
+    heads = _int(c[4], "heads", "n_heads", 2 * cfg.n_heads, "tgt_heads")
+    ffn = _int(c[5], "ffn_dim", "ffn_dim", 2 * cfg.ffn_dim, "tgt_ffn", step=16)
+    noise = st.slider("symmetric noise (relative std)", 0.0, 0.1, 0.0, 0.01, key="noise")
+    return dict(method=method, depth=depth, dim=dim, n_layers=layers, n_heads=heads, ffn_dim=ffn, noise=noise)
+
+
+def show_result(result: explorer.GrowthResult) -> None:
+    c = st.columns(4)
+    c[0].metric("max |logit gap|", f"{result.max_logit_gap:.2e}")
+    c[1].metric("loss: source", f"{result.source_loss:.4f}")
+    change = result.grown_loss - result.source_loss
+    c[2].metric("loss at init: grown", f"{result.grown_loss:.4f}", f"{change:+.4f}" if abs(change) >= 5e-5 else None,
+                delta_color="inverse")
+    c[3].metric("parameters", f"{result.grown_params:,}", f"×{result.grown_params / result.source_params:.2f}",
+                delta_color="off")
+    exact = result.plan.is_exact
+    st.caption(f"{'Function-preserving' if exact else 'Not function-preserving'} by construction "
+               f"(`GrowthPlan.is_exact` = {exact}); grown and compared in {result.seconds:.2f} s.")
+    s, t = result.plan.source, result.plan.target
+    orders = {kind: layer_order(s.n_layers, t.n_layers, kind) for kind in DEPTH_KINDS}
+    inserted = {"identity": inserted_copies(orders["identity"])}
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(layer_order_figure(orders, inserted=inserted,
+                                       title=f"source layer of each new layer (chosen: {result.plan.depth})"),
+                    width="stretch", key="order")
+    c2.plotly_chart(parameter_figure({"source": result.source_params, "grown": result.grown_params},
+                                     title="parameters"), width="stretch", key="params")
+
+
+def render() -> None:
+    st.title("Growth explorer")
+    try:
+        cfg, steps = source_inputs()
+        target = target_inputs(cfg)
+        plan = explorer.plan_for(cfg, **target)
+    except LabError as e:
+        st.error(str(e))
+        return
+    source = cache.source_model(cfg, steps, 0)
+    tokens = cache.window_batch()
+    with st.spinner("growing..."):
+        show_result(explorer.grow_and_compare(source, plan, tokens))
+    if st.checkbox("compare every method on this source and target (paper Table 1 at toy scale)", key="all"):
+        sizes = {k: target[k] for k in ("dim", "n_layers", "n_heads", "ffn_dim")}
+        results = explorer.compare_methods(source, tokens, **sizes)
+        losses = {k: r.grown_loss for k, r in results.items() if not isinstance(r, str)}
+        st.plotly_chart(init_loss_figure(losses, source_loss=next(iter(
+            r.source_loss for r in results.values() if not isinstance(r, str)), None),
+            title="validation loss at initialisation"), width="stretch", key="all_methods")
+        for k, r in results.items():
+            if isinstance(r, str):
+                st.caption(f"{k}: not applicable ({r})")
+
+
+if __name__ == "__main__":
+    render()

@@ -1,0 +1,74 @@
+"""Page: loss curves of several runs overlaid, by step, tokens or FLOPs, stages marked, per domain.
+
+With "follow live runs" on, the charts re-read the runs every few seconds (only files whose size or
+modification time changed are read again), so a job's curves grow as it trains.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from lab.dashboard import sources
+from lab.plots.curves import METRIC_LABELS, available_metrics, loss_figure, val_domains
+
+PREFER = ("efficientscale-tiny", "efficientscale-tiny-baseline")
+REFRESH_S = 5
+
+
+def charts(labels: list[str], x: str, metric: str, smoothing: float, mark: bool, log_x: bool, log_y: bool) -> None:
+    runs = [r for label, r in sources.catalog().items() if label in labels]
+    if not runs:
+        return
+    axes = dict(x=x, mark_stages=mark, log_x=log_x, log_y=log_y)
+    st.plotly_chart(loss_figure(runs, metric=metric, smoothing=smoothing, title=METRIC_LABELS.get(metric, metric),
+                                **axes), width="stretch", key="main")
+    domains = val_domains(runs)
+    if domains:
+        chosen = st.multiselect("validation domains", domains, default=domains, key="domains")
+        figure = loss_figure(runs, metric="val_loss", domains=chosen, title="validation loss per domain", **axes)
+        st.plotly_chart(figure, width="stretch", key="domain")
+    else:
+        st.caption("No eval records with per-domain validation loss in these runs.")
+    sources.show_problems(runs)
+
+
+def render() -> None:
+    st.title("Loss curves")
+    runs = sources.catalog()
+    if not runs:
+        sources.no_runs_message()
+        return
+    grouped = sources.groups(runs)
+    g, r = st.columns([1, 3])
+    group = g.selectbox("runs of", ["(chosen here)"] + list(grouped), key="loss_group",
+                        help="a group is a folder of the runs directory: growth (paper Table 1), routing, ...")
+    if group in grouped and st.session_state.get("loss_group_shown") != group:
+        st.session_state["loss_runs"] = grouped[group][:8]  # a new group replaces the selection once
+    st.session_state["loss_group_shown"] = group
+    with r:
+        chosen = sources.select_runs("runs", runs, sources.default_runs(runs, PREFER), key="loss_runs")
+    if not chosen:
+        st.info("Choose one or more runs.")
+        return
+    c1, c2, c3 = st.columns(3)
+    x = c1.radio("x axis", ["step", "tokens", "flops"], horizontal=True,
+                 format_func=lambda v: "FLOPs (log)" if v == "flops" else v)
+    metrics = available_metrics(chosen) or ["loss"]
+    metric = c2.selectbox("metric", [m for m in metrics if m != "val_loss"] or metrics,
+                          format_func=lambda m: METRIC_LABELS.get(m, m))
+    smoothing = c3.slider("smoothing", 0.0, 0.95, 0.0, 0.05)
+    c4, c5, c6 = st.columns(3)
+    mark = c4.checkbox("mark stage transitions", value=True)
+    l1, l2 = c5.columns(2)
+    log_x = l1.checkbox("log x", value=x == "flops", key=f"log_x_{x}")  # FLOPs span decades: log by default
+    log_y = l2.checkbox("log y", value=False)
+    live = c6.checkbox(f"follow live runs (every {REFRESH_S} s)", value=False)
+    args = ([r.name for r in chosen], x, metric, smoothing, mark, log_x, log_y)
+    if live:
+        st.fragment(run_every=REFRESH_S)(charts)(*args)
+    else:
+        charts(*args)
+
+
+if __name__ == "__main__":
+    render()

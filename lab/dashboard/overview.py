@@ -1,0 +1,45 @@
+"""Page: what the lab does, and the runs the dashboard found (one row each)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from lab.dashboard import sources
+from lab.runs import Run
+
+
+def summary(run: Run) -> dict:
+    """One table row: stages, last step/tokens, last training and validation loss, problems met, and the
+    run's own description (meta.json `description`, written by the reference runs)."""
+    train, evals = run.events("train"), run.events("eval")
+    stages = list(dict.fromkeys(str(r.get("stage")) for r in run.metrics.records if r.get("stage")))
+    last = run.metrics.records[-1] if run.metrics.records else {}
+    return {"run": run.name, "stages": " → ".join(stages), "step": last.get("step"), "tokens": last.get("tokens"),
+            "loss": train[-1].get("loss") if train else None,
+            "val loss": evals[-1].get("val_loss_mean") if evals else None,
+            "MoE": any("tokens_per_expert" in r for r in train), "problems": len(run.metrics.problems),
+            "description": str(run.meta.get("description", ""))[:200]}
+
+
+def render() -> None:
+    st.title("EfficientScale Lab")
+    st.markdown(
+        "Grow a small dense decoder into a bigger one (**Scale-Up**: FPI, AKI, AKI-Pro; depth by stacking, "
+        "interpolation or identity blocks), turn it into a Mixture of Experts (**Scale-Out**: sparse "
+        "upcycling, top-2 of 8), and keep training after each step, as AquilaMoE does (arXiv 2408.06567).\n\n"
+        "- **Loss curves**: runs overlaid by step, tokens or FLOPs, stages marked, validation loss per domain.\n"
+        "- **Expert load**: tokens per expert per layer over training; balance loss, z-loss, router entropy.\n"
+        "- **Compute savings**: the paper's Table 6 (4.12× time, 3.35× compute), editable, and from a run.\n"
+        "- **Growth explorer**: grow a small model live and see what each method preserves.")
+    runs = sources.catalog()
+    if not runs:
+        sources.no_runs_message()
+        return
+    st.subheader(f"Runs in `{sources.runs_root()}`")
+    rows = [summary(r) for r in runs.values()]
+    st.dataframe(rows, hide_index=True, width="stretch", height=min(38 + 35 * len(rows), 600))
+    sources.show_problems(list(runs.values()), limit=3)
+
+
+if __name__ == "__main__":
+    render()

@@ -1,0 +1,240 @@
+"""The dashboard under Streamlit's AppTest: every page renders, the savings page computes the paper's
+factors and follows edits, uploads are parsed forgivingly, an empty runs directory is a message."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard_fixtures import pipeline_records, runs_root, write_run
+from lab.dashboard import sources
+from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, savings
+from lab.runs import find_runs
+from train_fixtures import tiny_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = ("overview", "loss_curves", "expert_load", "compute_savings", "growth_explorer", "live_run")
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """AppTest runs app.py in this process, and app.py sets torch to one thread: restore it for other tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return runs_root(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def root_with_real_run(tmp_path_factory) -> Path:
+    """The synthetic runs plus one real MoE training of a few steps, with its final/ checkpoint."""
+    from lab.train import train
+
+    root = runs_root(tmp_path_factory.mktemp("real_runs"))
+    recipe = tiny_recipe(run="real-moe", model={"n_experts": 4, "top_k": 2},
+                         train={"max_steps": 4, "eval_every": 2, "save_every": 4})
+    train(recipe, root / "real" / "moe", progress=False)
+    return root
+
+
+def app(runs_dir: Path | str) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.session_state[sources.RUNS_DIR_KEY] = str(runs_dir)
+    return at.run()
+
+
+def visit(at: AppTest, page: str) -> AppTest:
+    return at.switch_page(f"lab/dashboard/{page}.py").run()
+
+
+def assert_clean(at: AppTest, where: str) -> None:
+    assert not at.exception, f"{where}: {[e.value for e in at.exception]}"
+    assert not at.error, f"{where}: {[e.value for e in at.error]}"
+
+
+def metric(at: AppTest, label: str, index: int = 0) -> str:
+    return [m.value for m in at.metric if m.label == label][index]
+
+
+@pytest.mark.slow
+def test_every_page_renders_without_exception(root_with_real_run):
+    at = app(root_with_real_run)
+    assert_clean(at, "first page")
+    table = " ".join(str(d.value) for d in at.dataframe)
+    assert "efficientscale-tiny" in table and "real/moe" in table
+    for page in PAGES:
+        assert_clean(visit(at, page), page)
+        assert at.title and at.title[0].value, page
+    # Growth explorer: the default (FPI, width x2, same depth) preserves the function to float rounding.
+    visit(at, "growth_explorer")
+    assert float(metric(at, "max |logit gap|")) < 1e-4
+    assert metric(at, "loss: source") == metric(at, "loss at init: grown")
+    # Expert load of the real run: its final/ checkpoint is measured on every validation domain.
+    visit(at, "expert_load")
+    at.selectbox(key="experts_a").select("real/moe").run()
+    assert_clean(at, "expert load of a real run")
+    assert not [c for c in at.caption if "no final/ checkpoint" in c.value]
+
+
+def test_the_shipped_reference_runs_render():
+    """`make lab`'s first view: the default runs directory (data/runs), every page."""
+    if not find_runs(sources.DEFAULT_RUNS_DIR):
+        pytest.skip(f"no reference runs in {sources.DEFAULT_RUNS_DIR} (python -m lab.experiments.reference_runs)")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    assert_clean(at, "first page")
+    assert at.dataframe, "no runs table on the overview"
+    for page in PAGES:
+        assert_clean(visit(at, page), page)
+
+
+def test_empty_or_missing_runs_dir_is_a_message(tmp_path):
+    at = app(tmp_path / "missing")
+    for page in ("overview", "loss_curves", "expert_load", "compute_savings"):
+        visit(at, page)
+        assert_clean(at, page)
+    visit(at, "loss_curves")
+    assert any("No runs" in i.value for i in at.info)
+
+
+def test_savings_page_shows_the_paper_factors_and_follows_edits(root):
+    at = visit(app(root), "compute_savings")
+    assert_clean(at, "savings")
+    time_factor, compute_factor = savings(AQUILA_TABLE6, AQUILA_SCRATCH)
+    assert metric(at, "time savings") == f"{time_factor:.2f}×" == "4.12×"
+    assert metric(at, "compute savings") == f"{compute_factor:.2f}×" == "3.35×"
+    # Double the from-scratch token budget (row 3) through the editor's state, as a user's edit does.
+    at.session_state["table6"] = {"edited_rows": {3: {"tokens (B)": 2 * AQUILA_SCRATCH.tokens_b}},
+                                  "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert_clean(at, "savings after edit")
+    expected = savings(AQUILA_TABLE6, replace(AQUILA_SCRATCH, tokens_b=2 * AQUILA_SCRATCH.tokens_b))
+    assert metric(at, "time savings") == f"{expected[0]:.2f}×" != "4.12×"
+    assert metric(at, "compute savings") == f"{expected[1]:.2f}×" != "3.35×"
+
+
+def test_savings_page_refuses_an_out_of_range_cell(root):
+    at = visit(app(root), "compute_savings")
+    at.session_state["table6"] = {"edited_rows": {0: {"devices": 0}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception
+    assert any("devices" in e.value for e in at.error)
+
+
+def test_upload_with_malformed_lines_is_reported_and_skipped(tmp_path):
+    records = pipeline_records("uploaded", stages=("scale-out",), steps=8)
+    lines = [json.dumps(r) for r in records]
+    lines.insert(3, "{not json")
+    lines.insert(5, "[1, 2, 3]")
+    data = ("\n".join(lines)).encode()  # no final newline: an uploaded file is complete
+    at = app(tmp_path / "none")
+    at.sidebar.get("file_uploader")[0].set_value(("metrics.jsonl", data, "application/json"))
+    at.run()
+    visit(at, "loss_curves")
+    assert not at.exception
+    warnings = " ".join(w.value for w in at.warning)
+    assert "line 4: not valid JSON" in warnings and "line 6: not a JSON object" in warnings
+    assert at.multiselect(key="loss_runs").value == ["upload: metrics.jsonl"]
+    assert len(at.session_state["uploaded_runs"]["upload: metrics.jsonl"].metrics.records) == len(records)
+
+
+def test_upload_over_the_limit_is_refused_before_parsing(tmp_path):
+    at = app(tmp_path / "none")
+    big = b"{}\n" * (sources.MAX_UPLOAD_BYTES // 3 + 1)
+    at.sidebar.get("file_uploader")[0].set_value(("big.jsonl", big, "application/json"))
+    at.run()
+    assert not at.exception
+    assert any("over the upload limit" in e.value for e in at.sidebar.get("error"))
+    assert not at.session_state["uploaded_runs"]
+
+
+def test_a_growing_run_is_re_read_and_a_partial_last_line_waited_for(tmp_path):
+    records = pipeline_records("live", stages=("pretrain",), steps=6)
+    run_dir = write_run(tmp_path / "live", records[:4], tail='{"run": "live", "event": "tra')
+    first = sources.read_run(run_dir)
+    assert len(first.metrics.records) == 4 and not first.metrics.problems
+    assert sources.read_run(run_dir) is not None
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:  # the writer finishes its line, adds more
+        f.write('in", "step": 99}\n' + "".join(json.dumps(r) + "\n" for r in records[4:]))
+    again = sources.read_run(run_dir)
+    assert len(again.metrics.records) == 1 + len(records)
+
+
+def test_runs_dir_argument():
+    assert sources.runs_dir_argument(["--runs", "a/b"]) == "a/b"
+    assert sources.runs_dir_argument(["--runs=c"]) == "c"
+    assert sources.runs_dir_argument([]) is None
+
+
+def test_loss_curves_show_a_group_of_runs(root):
+    at = visit(app(root), "loss_curves")
+    assert at.multiselect(key="loss_runs").value == ["efficientscale-tiny", "efficientscale-tiny-baseline"]
+    at.selectbox(key="loss_group").select("routing").run()
+    assert_clean(at, "routing group")
+    assert at.multiselect(key="loss_runs").value == ["routing/softmax-topk", "routing/topk-softmax"]
+    at.radio[0].set_value("flops").run()
+    assert_clean(at, "loss by FLOPs")
+    assert at.multiselect(key="loss_runs").value == ["routing/softmax-topk", "routing/topk-softmax"]
+
+
+def test_savings_from_a_pipeline_run_against_its_baseline(root):
+    from lab.dashboard import measured
+
+    at = visit(app(root), "compute_savings")
+    assert at.selectbox(key="savings_run").value == "efficientscale-tiny"
+    assert at.selectbox(key="savings_baseline").value == "efficientscale-tiny-baseline"
+    phases = measured.phases_from_run(sources.read_run(root / "efficientscale-tiny"))
+    baseline = measured.scratch_from_run(sources.read_run(root / "efficientscale-tiny-baseline"))
+    expected = savings(phases, replace(baseline, tokens_b=sum(p.tokens_b for p in phases)))
+    assert metric(at, "time savings", 1) == f"{expected[0]:.2f}×"
+    assert metric(at, "compute savings", 1) == f"{expected[1]:.2f}×"
+
+
+class FakeTraining:
+    """Stands in for `subprocess.Popen` of `python -m lab train`: writes a finished MoE run at once."""
+
+    commands: list[list[str]] = []
+
+    def __init__(self, cmd, **kwargs):
+        FakeTraining.commands.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        write_run(out, pipeline_records(out.name, stages=("scale-out",), steps=8))
+        self.returncode = 0
+
+    def poll(self):
+        return self.returncode
+
+
+def test_live_run_starts_one_bounded_training_and_shows_its_metrics(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "Popen", FakeTraining)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    at = visit(app(tmp_path / "none"), "live_run")
+    at.selectbox(key="live_recipe").select("tiny-moe (8 experts, top-2)")
+    at.number_input(key="live_steps").set_value(20)
+    at.button(key="live_start").click().run()
+    assert_clean(at, "live run")
+    cmd = FakeTraining.commands[-1]
+    assert cmd[1:4] == ["-m", "lab", "train"] and cmd[cmd.index("--max-steps") + 1] == "20"
+    assert Path(cmd[cmd.index("--out") + 1]).is_relative_to(tmp_path)  # never into the runs directory
+    assert any("finished (exit code 0)" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) == 3  # loss, validation loss per domain, expert load
+
+
+def test_runs_beyond_the_memory_budget_are_listed_unread(root, monkeypatch):
+    first = (root / "efficientscale-tiny" / "metrics.jsonl").stat().st_size
+    monkeypatch.setattr(sources, "MAX_SHOWN_BYTES", first + 1)
+    at = app(root)
+    assert_clean(at, "overview over budget")
+    unread = [w.value for w in at.warning if "not read" in w.value]
+    assert len(unread) == 3 and not any(w.startswith("efficientscale-tiny:") for w in unread)
