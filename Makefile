@@ -4,12 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test bench tiny table1 data compat4 help clean
+.PHONY: lab test bench tiny table1 data compat4 help clean notebooks pipeline runs
 
 help:
-	@echo "make lab    install into .venv and show the lab's commands"
+	@echo "make lab    install into .venv and open the dashboard on http://127.0.0.1:8501 (RUNS=DIR for other runs)"
 	@echo "make test   install into .venv and run the whole test suite"
-	@echo "make bench  our model against transformers' (forward+backward, CPU), and growth against a copy"
+	@echo "make bench  every benchmark (model vs transformers, dispatch, training, growth, upcycle) into bench/results.{json,md}"
+	@echo "make notebooks  build the notebooks (.ipynb from notebooks/*.py) and open JupyterLab"
+	@echo "make pipeline   the tiny EfficientScale pipeline and its baseline into runs/efficientscale-tiny"
+	@echo "make runs       regenerate the reference runs in data/runs"
 	@echo "make tiny   train the tiny recipe into runs/tiny (about a minute on 2 CPU cores)"
 	@echo "make table1 the paper's Table 1 (growth methods) at toy scale into runs/growth_table1"
 	@echo "make data   rebuild the corpus and tokenizer and check they equal the committed ones"
@@ -22,15 +25,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# Streamlit reads .streamlit/config.toml from the working directory: start it from the repo root.
+RUNS ?= data/runs
 lab: $(STAMP)
-	$(PY) -m lab --help
+	$(PY) -m streamlit run app.py --server.address 127.0.0.1 -- --runs $(RUNS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m lab bench model
-	$(PY) -m lab bench growth
+	$(PY) -m lab bench all --out bench
+
+notebooks: $(STAMP)
+	$(PY) -m lab notebooks
+	$(VENV)/bin/jupyter lab notebooks/
 
 tiny: $(STAMP)
 	$(PY) -m lab train --recipe recipes/tiny.yaml --out runs/tiny
