@@ -47,6 +47,7 @@ def test_loss_falls_and_metrics_follow_the_schema(tmp_path):
         assert r["tokens"] == r["step"] * 4 * 32 and r["flops"] > 0 and 0 < r["mfu"]
         assert "tokens_per_expert" not in r  # dense
     assert [e["step"] for e in evals] == [0, 5, 10]
+    assert all("tokens_per_expert_by_domain" not in e for e in evals)  # dense
     assert evals[0]["val_loss_mean"] == pytest.approx(math.log(4096), abs=0.1)  # a fresh model guesses
     assert evals[-1]["val_loss_mean"] < evals[0]["val_loss_mean"] - 0.5
     assert set(evals[0]["val_loss"]) == set(lab.data.DOMAINS)
@@ -68,6 +69,16 @@ def test_moe_metrics_carry_expert_load_and_aux_losses(tmp_path):
         assert r["z_loss"] > 0 and 0 < r["router_entropy"] <= math.log(4) + 1e-6
         # The minimised loss adds the auxiliary losses with the config's coefficients.
         assert r["loss"] == pytest.approx(r["lm_loss"] + 0.001 * r["aux_loss"] + 0.01 * r["z_loss"], rel=1e-5)
+    # Evaluations record where each domain's validation windows go: every window token, top_k times.
+    evals = records(tmp_path / "moe", "eval")
+    assert evals
+    for r in evals:
+        loads = r["tokens_per_expert_by_domain"]
+        assert set(loads) == set(r["val_loss"])
+        for domain, layers in loads.items():
+            assert len(layers) == 2 and all(len(layer) == 4 for layer in layers)
+            # every layer routes the same tokens: whole windows of T = 32, top_k = 2 times each
+            assert len({sum(layer) for layer in layers}) == 1 and sum(layers[0]) > 0 and sum(layers[0]) % (32 * 2) == 0
     model = lab.load_pretrained(tmp_path / "moe" / "final")
     assert model.config.n_experts == 4
 

@@ -159,7 +159,9 @@ def routing_runs(work: Path, out: Path, source_run: Path, steps: int, report=pri
         init = _fresh(work / "upcycled" / variant)
         upcycle_checkpoint(source, init, plan)
         run_dir = _fresh(work / "routing" / variant)
-        recipe = _recipe(TINY_MOE, f"routing-{variant}", "scale-out", steps, optim={"lr": ROUTING_LR})
+        # Logged every 2 steps: the expert-load heatmaps over training need the columns.
+        recipe = _recipe(TINY_MOE, f"routing-{variant}", "scale-out", steps, optim={"lr": ROUTING_LR},
+                         train={"log_every": 2})
         train(recipe, run_dir, init_from=init, progress=True)
         export_run(run_dir, out / "routing" / variant,
                    f"{what}; upcycled from the tiny dense source, {steps} steps "

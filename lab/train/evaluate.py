@@ -13,15 +13,30 @@ from lab.generate import sample_next
 def validation_losses(model, batches: dict[str, torch.Tensor], device: torch.device,
                       autocast=contextlib.nullcontext) -> dict[str, float]:
     """Mean next-token loss (the LM loss, without auxiliary terms) on each domain's fixed windows (n, T)."""
+    return validation_eval(model, batches, device, autocast)[0]
+
+
+@torch.no_grad()
+def validation_eval(model, batches: dict[str, torch.Tensor], device: torch.device, autocast=contextlib.nullcontext
+                    ) -> tuple[dict[str, float], dict[str, list[list[int]]] | None]:
+    """Per domain: the mean LM loss on its fixed windows, and for an MoE where the routers send its
+    tokens, as counts per expert per MoE layer (None for a dense model).
+
+    The windows are the same at every evaluation, so loads at different steps are comparable: this is
+    how expert specialisation by domain shows over training (the dashboard's Expert load page).
+    """
     was_training = model.training
     model.eval()
-    losses = {}
+    losses, loads = {}, {}
     for domain, ids in batches.items():
         ids = ids.to(device)
         with autocast():
-            losses[domain] = model(ids, labels=ids).lm_loss.item()
+            out = model(ids, labels=ids)
+        losses[domain] = out.lm_loss.item()
+        if out.tokens_per_expert is not None:
+            loads[domain] = out.tokens_per_expert.long().tolist()
     model.train(was_training)
-    return losses
+    return losses, (loads or None)
 
 
 @torch.no_grad()

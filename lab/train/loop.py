@@ -25,7 +25,7 @@ from lab.distributed import DistInfo
 from lab.errors import LabError
 from lab.flops import active_parameters, flops_per_token, mfu
 from lab.train import state as ckpt
-from lab.train.evaluate import greedy_samples, validation_losses
+from lab.train.evaluate import greedy_samples, validation_eval
 from lab.train.metrics import MetricsWriter, environment, truncate_metrics, write_meta
 from lab.train.recipe import Recipe, load_recipe
 from lab.train.schedule import learning_rate
@@ -157,9 +157,10 @@ class _Run:
 
     # ------------------------------------------------------------------ events
     def _evaluate(self) -> None:
-        losses = validation_losses(self.model, self.data.validation, self.info.device, self.autocast)
+        losses, loads = validation_eval(self.model, self.data.validation, self.info.device, self.autocast)
         self.last_eval = losses
-        self._record("eval", val_loss=losses, val_loss_mean=sum(losses.values()) / len(losses))
+        extra = {} if loads is None else {"tokens_per_expert_by_domain": loads}
+        self._record("eval", val_loss=losses, val_loss_mean=sum(losses.values()) / len(losses), **extra)
         if self.recipe.train.sample_tokens and self.data.prompts:
             texts = greedy_samples(self.model, self.data.tokenizer, self.data.prompts, self.recipe.train.sample_tokens,
                                    self.info.device, self.data.eos, self.autocast)

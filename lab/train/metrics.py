@@ -16,7 +16,9 @@ and, by event:
                 for an MoE also aux_loss (load balancing, 1 at perfect balance), z_loss (router z-loss),
                 router_entropy (nats), tokens_per_expert (a list per MoE layer of counts per expert,
                 over the step's tokens x top_k). Values are means over the step's micro-batches.
-    eval        val_loss {domain: loss} on the fixed validation windows, val_loss_mean (mean over domains)
+    eval        val_loss {domain: loss} on the fixed validation windows, val_loss_mean (mean over domains);
+                for an MoE also tokens_per_expert_by_domain {domain: [counts per expert] per MoE layer}
+                on those windows (every process evaluates the same windows: no reduction)
     sample      samples {domain: text}: greedy continuations of each domain's prompt (prompts {domain: text})
     checkpoint  path of the checkpoint written at this step
     resume      from_step: where a resumed run picked up
