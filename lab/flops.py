@@ -147,6 +147,13 @@ def run_phases(records: list[dict], devices: int = 1) -> list[Phase]:
     return phases
 
 
+def whole_run_phase(records: list[dict], name: str = "from scratch", devices: int = 1) -> Phase | None:
+    """All of a run's `train` records as one measured Phase (a from-scratch baseline), or None without
+    tokens, FLOPs or throughput."""
+    phases = run_phases([{**r, "stage_name": name, "stage": name} for r in records], devices)
+    return phases[0] if phases else None
+
+
 def scratch_phase(phases: list[Phase] | tuple[Phase, ...], baseline: Phase | None = None) -> Phase:
     """Table 6's from-scratch row for measured `phases`: the final model on all their tokens, at the
     throughput of `baseline` (a from-scratch run of that model) when given, else at the last phase's

@@ -64,6 +64,13 @@ class Run:
         """The records of one event kind (`train`, `eval`, `sample`, ...)."""
         return [r for r in self.metrics.records if r.get("event") == kind]
 
+    @property
+    def world_size(self) -> int:
+        """How many processes trained the run (meta.json `environment.world_size`; 1 when unknown)."""
+        env = self.meta.get("environment") if isinstance(self.meta.get("environment"), dict) else {}
+        size = env.get("world_size", 1)
+        return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 1
+
 
 def load_run(path: str | os.PathLike) -> Run:
     path = Path(path)

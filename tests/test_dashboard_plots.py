@@ -12,7 +12,7 @@ import torch
 from dashboard_fixtures import pipeline_records
 from lab.dashboard import explorer, measured
 from lab.errors import LabError
-from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, SECONDS_PER_DAY, savings
+from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, SECONDS_PER_DAY, savings, scratch_phase
 from lab.plots.curves import loss_figure, series, stage_boundaries, val_domains
 from lab.plots.experts import (domain_load_from_run, domain_load_steps, expert_load, expert_load_heatmap,
                                router_metrics_figure)
@@ -100,7 +100,7 @@ def test_measured_phases_account_for_every_token_and_flop():
     # days x devices x GFLOPS is the FLOPs the run recorded (the Phase fields were measured, not assumed).
     flops = sum(p.days * SECONDS_PER_DAY * p.gflops * 1e9 for p in phases)
     assert flops == pytest.approx(trains[-1]["flops"])
-    scratch = measured.scratch_from_phases(phases)
+    scratch = scratch_phase(phases)
     assert scratch.tokens_b == pytest.approx(sum(p.tokens_b for p in phases))
     time_factor, _ = savings(phases, scratch)
     assert time_factor > 0

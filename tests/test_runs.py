@@ -31,3 +31,14 @@ def test_runs_are_found_and_loaded(tmp_path):
     run = load_run(tmp_path / "a" / "nested")
     assert run.meta == {} and run.events("eval")[0]["step"] == 3
     assert any("meta.json: not valid JSON" in p for p in run.metrics.problems)
+
+
+def test_world_size_comes_from_the_environment_and_defaults_to_one(tmp_path):
+    for name, meta, expected in [("two", {"environment": {"world_size": 2}}, 2), ("none", {}, 1),
+                                 ("bad", {"environment": {"world_size": "2"}}, 1),
+                                 ("zero", {"environment": {"world_size": 0}}, 1)]:
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "meta.json").write_text(json.dumps(meta))
+        (run_dir / "metrics.jsonl").write_text("")
+        assert load_run(run_dir).world_size == expected, name

@@ -87,6 +87,15 @@ def run_mfu(args: argparse.Namespace) -> None:
         _write_json(report, args.json)
 
 
+def _common(parser, *, workdir: bool = False) -> None:
+    """The options every single benchmark takes."""
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes: checks that it runs, measures nothing")
+    if workdir:
+        parser.add_argument("--workdir", help="where the temporary files go (default: the system's temp directory)")
+    parser.add_argument("--json", help="also write the report to this JSON file")
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks against the reference implementations",
                               description="Measure the lab against references in the same run.")
@@ -96,53 +105,40 @@ def add_parser(subparsers) -> None:
     b.add_argument("--batch", type=positive_int, default=1)
     b.add_argument("--repeats", type=positive_int, default=7)
     b.add_argument("--warmup", type=positive_int, default=2)
-    b.add_argument("--threads", type=positive_int, default=2)
-    b.add_argument("--quick", action="store_true", help="tiny shapes: checks that it runs, measures nothing")
-    b.add_argument("--json", help="also write the report to this JSON file")
+    _common(b)
     b.set_defaults(func=run_model)
 
     g = benchmarks.add_parser("growth",
                               help="streaming growth of a ~120M bf16 checkpoint to ~770M vs copying its bytes")
     g.add_argument("--repeats", type=positive_int, default=3)
-    g.add_argument("--threads", type=positive_int, default=2)
-    g.add_argument("--quick", action="store_true", help="tiny shapes: checks that it runs, measures nothing")
-    g.add_argument("--workdir", help="where the temporary checkpoints go (default: the system's temp directory)")
-    g.add_argument("--json", help="also write the report to this JSON file")
+    _common(g, workdir=True)
     g.set_defaults(func=run_growth)
 
     u = benchmarks.add_parser("upcycle",
                               help="streaming upcycling of a ~120M bf16 checkpoint to 8 experts vs copying its bytes")
     u.add_argument("--repeats", type=positive_int, default=3)
-    u.add_argument("--threads", type=positive_int, default=2)
-    u.add_argument("--quick", action="store_true", help="tiny shapes: checks that it runs, measures nothing")
-    u.add_argument("--workdir", help="where the temporary checkpoints go (default: the system's temp directory)")
-    u.add_argument("--json", help="also write the report to this JSON file")
+    _common(u, workdir=True)
     u.set_defaults(func=run_upcycle)
 
     d = benchmarks.add_parser("dispatch", help="MoE dispatch ablation: masks, sort+loop, sort+grouped_mm, all experts")
     d.add_argument("--repeats", type=positive_int, default=7)
     d.add_argument("--warmup", type=positive_int, default=2)
-    d.add_argument("--threads", type=positive_int, default=2)
-    d.add_argument("--quick", action="store_true", help="tiny shapes: checks that it runs, measures nothing")
-    d.add_argument("--json", help="also write the report to this JSON file")
+    _common(d)
     d.set_defaults(func=run_dispatch)
 
     t = benchmarks.add_parser("training", help="training tokens/s of the tiny recipes")
     t.add_argument("--steps", type=positive_int, default=40)
     t.add_argument("--window", type=positive_int, default=10)
-    t.add_argument("--threads", type=positive_int, default=2)
-    t.add_argument("--quick", action="store_true", help="toy models: checks that it runs, measures nothing")
-    t.add_argument("--workdir", help="where the temporary runs go (default: the system's temp directory)")
-    t.add_argument("--json", help="also write the report to this JSON file")
+    _common(t, workdir=True)
     t.set_defaults(func=run_training)
 
     a = benchmarks.add_parser("all", aliases=["suite"],
                               help="every benchmark; writes OUT/results.json and OUT/results.md")
     a.add_argument("--out", default="bench", help="the results' directory (default: bench)")
-    a.add_argument("--threads", type=positive_int, default=2)
-    a.add_argument("--quick", action="store_true", help="toy shapes, one repeat: checks that it runs, measures nothing")
     a.add_argument("--only", nargs="+", choices=("matmul_peak", "model", "dispatch", "training", "growth", "upcycle"),
                    help="run only these benchmarks")
+    a.add_argument("--threads", type=positive_int, default=2)
+    a.add_argument("--quick", action="store_true", help="toy shapes, one repeat: checks that it runs, measures nothing")
     a.add_argument("--workdir", help="where the temporary checkpoints and runs go")
     a.set_defaults(func=run_all)
 

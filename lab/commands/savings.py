@@ -10,22 +10,16 @@ from pathlib import Path
 ORDER = 70
 
 
-def _devices(meta: dict) -> int:
-    env = meta.get("environment") if isinstance(meta.get("environment"), dict) else {}
-    size = env.get("world_size", 1)
-    return size if isinstance(size, int) and size > 0 else 1
-
-
 def measured_table(run_dir: Path, baseline_dir: Path | None):
     """(phases, scratch, where the scratch row's throughput comes from) of a pipeline run directory."""
     from lab.errors import LabError
-    from lab.flops import run_phases, scratch_phase
+    from lab.flops import run_phases, scratch_phase, whole_run_phase
     from lab.runs import METRICS_FILE, load_run
 
     if not (run_dir / METRICS_FILE).is_file():
         raise LabError(f"{run_dir}: not a run directory (no {METRICS_FILE})")
     run = load_run(run_dir)
-    phases = run_phases(run.metrics.records, _devices(run.meta))
+    phases = run_phases(run.metrics.records, run.world_size)
     if not phases:
         raise LabError(f"{run_dir}: no train records with tokens, FLOPs and tokens/s")
     if baseline_dir is None:  # a pipeline's own (OUT/baseline) or its exported sibling (data/runs/NAME-baseline)
@@ -36,8 +30,7 @@ def measured_table(run_dir: Path, baseline_dir: Path | None):
         if not (baseline_dir / METRICS_FILE).is_file():
             raise LabError(f"{baseline_dir}: not a run directory (no {METRICS_FILE})")
         b = load_run(baseline_dir)
-        measured = run_phases([{**r, "stage_name": "baseline"} for r in b.metrics.records], _devices(b.meta))
-        baseline = measured[0] if measured else None
+        baseline = whole_run_phase(b.events("train"), "baseline", b.world_size)
     source = f"the baseline's measured throughput ({baseline_dir})" if baseline else "the last stage's throughput"
     return phases, scratch_phase(phases, baseline), source
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 import streamlit as st
 
 from lab.dashboard import measured, sources
-from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, Phase, savings
+from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, Phase, savings, scratch_phase
 from lab.plots.savings import savings_figure
 
 TABLE_KEY = "table6"
@@ -79,7 +79,7 @@ def from_run() -> None:
     base = c2.selectbox("from scratch", ["the last stage's model and throughput on all tokens"] + baseline_labels,
                         index=next((i + 1 for i, l in enumerate(baseline_labels) if "baseline" in l), 0),
                         key="savings_baseline")
-    scratch = measured.scratch_from_phases(phases)
+    scratch = scratch_phase(phases)
     if base in runs:
         measured_scratch = measured.scratch_from_run(runs[base])
         if measured_scratch is not None:  # the baseline's throughput, on the pipeline's token budget

@@ -24,6 +24,7 @@ from lab.flops import flops_per_token
 from lab.runs import MetricsLog, Run
 from lab.teach.fast import pick, progress_enabled
 from lab.train.evaluate import validation_losses
+from lab.train.setup import adamw
 
 
 @functools.lru_cache(maxsize=2)
@@ -48,10 +49,8 @@ def val_loss(model, seq_len: int = 64, n_per_domain: int = 4) -> dict[str, float
 
 
 def make_optimizer(model, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95))
+    """lab.train's AdamW (decay on matrices only, betas 0.9/0.95) at a fixed `lr`."""
+    return adamw(model, lr, weight_decay=weight_decay)
 
 
 def train_steps(model, steps: int, *, lr: float = 3e-3, warmup: int = 0, batch_size: int | None = None, seq_len: int = 64,

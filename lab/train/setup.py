@@ -168,16 +168,22 @@ def place_model(model: DecoderLM, recipe: Recipe, info: DistInfo) -> torch.nn.Mo
     return distributed.shard(model.to(info.device).train(), info, bf16=bf16)
 
 
+def adamw(model, lr: float, *, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8,
+          fused: bool = False) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (norm weights and biases are not decayed)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **({"fused": True} if fused else {}))
+
+
 def make_optimizer(model, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (norm weights and biases are not decayed).
+    """The recipe's AdamW (`adamw`).
 
     `hardware.fused_optimizer` (auto: on CUDA) takes the fused kernel: one launch for all parameters
     instead of several per tensor; the same update up to rounding.
     """
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
     o = recipe.optim
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     device_type = next(model.parameters()).device.type
     fused = recipe.hardware.switch(recipe.hardware.fused_optimizer, device_type)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, **({"fused": True} if fused else {}))
+    return adamw(model, o.lr, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps, fused=fused)
