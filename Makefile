@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test bench tiny table1 data compat4 help clean notebooks pipeline runs
+.PHONY: lab test bench tiny table1 data compat4 help clean notebooks pipeline runs corpus sources
 
 help:
 	@echo "make lab    install into .venv and open the dashboard on http://127.0.0.1:8501 (RUNS=DIR for other runs)"
@@ -15,6 +15,8 @@ help:
 	@echo "make runs       regenerate the reference runs in data/runs"
 	@echo "make tiny   train the tiny recipe into runs/tiny (about a minute on 2 CPU cores)"
 	@echo "make table1 the paper's Table 1 (growth methods) at toy scale into runs/growth_table1"
+	@echo "make corpus the big training corpus (27M tokens) into data/tokens, checked against data/corpus-manifest.json"
+	@echo "make sources  pretrain (or resume) the sources on data/tokens and export them to data/sources (hours)"
 	@echo "make data   rebuild the corpus and tokenizer and check they equal the committed ones"
 	@echo "make compat4  checkpoints across transformers 4.x and 5.x"
 
@@ -45,6 +47,22 @@ tiny: $(STAMP)
 
 table1: $(STAMP)
 	$(PY) -m lab.experiments.growth_table1 --out runs/growth_table1 --steps 100
+
+corpus: $(STAMP)
+	$(PY) -m lab data build --out data/tokens --force --check data/corpus-manifest.json
+
+# Each source trains for about 2 hours on 2 CPU cores; run it again after an interruption to resume.
+SOURCES := source-deep source-shallow
+sources: $(STAMP)
+	test -f data/tokens/manifest.json || $(MAKE) corpus
+	for name in $(SOURCES); do \
+	  out=runs/sources/$$name; \
+	  if [ ! -d $$out/final ]; then \
+	    if [ -d $$out/checkpoints ]; then resume=--resume; else resume=; rm -rf $$out; fi; \
+	    $(PY) -m lab train --recipe recipes/$$name.yaml --out $$out $$resume || exit 1; \
+	  fi; \
+	  $(PY) -m lab sources export $$out --out data/sources/$$name --recipe recipes/$$name.yaml --force || exit 1; \
+	done
 
 data: $(STAMP)
 	$(PY) data/build_corpus.py --check

@@ -29,8 +29,10 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
+from lab.corpus.documents import arithmetic_line
+from lab.data import split_of
+
 HERE = Path(__file__).resolve().parent
-VALIDATION_PERCENT = 8
 
 # --- english ---------------------------------------------------------------------------------------
 
@@ -153,16 +155,6 @@ ARITHMETIC_DOCS = 500
 LINES_PER_DOC = 24
 
 
-def arithmetic_line(rng: random.Random) -> str:
-    """One problem: addition and subtraction up to 3 digits, multiplication up to 2 by 2 digits."""
-    op = rng.choice("+-*")
-    digits = (1, 2) if op == "*" else (1, 2, 3)
-    a = rng.randrange(10 ** rng.choice(digits))
-    b = rng.randrange(10 ** rng.choice(digits))
-    value = a + b if op == "+" else a - b if op == "-" else a * b
-    return f"{a} {op} {b} = {value}"
-
-
 def arithmetic_documents() -> list[dict]:
     rng = random.Random(ARITHMETIC_SEED)
     return [{"domain": "arithmetic", "source": f"generated/seed-{ARITHMETIC_SEED}#{n}",
@@ -171,11 +163,6 @@ def arithmetic_documents() -> list[dict]:
 
 
 # --- assembly --------------------------------------------------------------------------------------
-
-def split_of(doc: dict) -> str:
-    digest = hashlib.sha256(f"{doc['domain']}/{doc['source']}".encode()).hexdigest()
-    return "validation" if int(digest, 16) % 100 < VALIDATION_PERCENT else "train"
-
 
 def build_corpus(out: Path, workdir: Path) -> dict:
     """Write corpus.jsonl into `out`; return the number of documents per domain and split."""
@@ -190,7 +177,7 @@ def build_corpus(out: Path, workdir: Path) -> dict:
         if doc["text"] in seen:  # exact duplicates would leak between train and validation
             continue
         seen.add(doc["text"])
-        split = split_of(doc)
+        split = split_of(doc["domain"], doc["source"])
         records.append({"domain": doc["domain"], "split": split, "source": doc["source"], "text": doc["text"]})
         counts[(doc["domain"], split)] = counts.get((doc["domain"], split), 0) + 1
     for domain in ("english", "chinese", "code", "arithmetic"):

@@ -18,6 +18,8 @@ ROPE_SCALINGS = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
 }
 MOE_DISPATCHES = ("grouped", "reference")
+# How the MoE layers' auxiliary losses (load balancing and z-loss) become one term of the training loss.
+ROUTER_LOSS_AGGREGATIONS = ("mean", "sum")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -64,6 +66,10 @@ class ModelConfig:
     moe_layers: tuple[int, ...] | None = None
     aux_loss_coef: float = 0.001
     z_loss_coef: float = 0.01
+    # "sum": every MoE layer adds coef * its own loss (Megatron-Core, hence AquilaMoE's recipe); "mean": the
+    # layers' losses are averaged first, so a model of n MoE layers gets 1/n of that pressure. "mean" is
+    # the default because configs and checkpoints written before this field existed were trained so.
+    router_loss_aggregation: str = "mean"
     # How tokens reach experts: "grouped" (sorted by expert, grouped matmul) or "reference" (a plain
     # loop over experts, the readable version the grouped path is tested against).
     moe_dispatch: str = "grouped"
@@ -112,6 +118,8 @@ class ModelConfig:
         require(self.moe_dispatch in MOE_DISPATCHES, "moe_dispatch", f"must be one of {MOE_DISPATCHES}")
         require(self.aux_loss_coef >= 0, "aux_loss_coef", "must be >= 0")
         require(self.z_loss_coef >= 0, "z_loss_coef", "must be >= 0")
+        require(self.router_loss_aggregation in ROUTER_LOSS_AGGREGATIONS, "router_loss_aggregation",
+                f"must be one of {ROUTER_LOSS_AGGREGATIONS}")
         if self.n_experts == 0:
             require(self.moe_layers is None or len(self.moe_layers) == 0, "moe_layers",
                     "must be empty for a dense model (n_experts=0)")
@@ -165,3 +173,22 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"ModelConfig: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
         return cls(**values)
+
+
+# Fields added after runs were recorded, each with the value that reproduces what those runs computed.
+FIELDS_ADDED_LATER = {"router_loss_aggregation": "mean", "tokens": None}
+
+
+def without_later_defaults(values: Any) -> Any:
+    """`values` (nested dicts and lists, e.g. a recipe's to_dict()) without the FIELDS_ADDED_LATER keys
+    that hold their original value.
+
+    Recipe digests hash this form, so that a run begun before a field existed keeps its digest and
+    still resumes, while a run that sets the field to anything else gets a digest of its own.
+    """
+    if isinstance(values, dict):
+        return {k: without_later_defaults(v) for k, v in values.items()
+                if not (k in FIELDS_ADDED_LATER and FIELDS_ADDED_LATER[k] == v)}
+    if isinstance(values, (list, tuple)):
+        return [without_later_defaults(v) for v in values]
+    return values

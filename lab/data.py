@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lab.errors import LabError
@@ -25,6 +26,8 @@ DEFAULT_TOKENIZER = DATA_DIR / "tokenizer.json"
 DOMAINS: tuple[str, ...] = ("english", "chinese", "code", "arithmetic")
 SPLITS: tuple[str, ...] = ("train", "validation")
 EOS_TOKEN = "<|endoftext|>"
+# A document is in the validation split when the hash of its name falls below this share of the range.
+VALIDATION_PERCENT = 8
 # Where a domain's sample prompt stops: "37 + 85 =" asks the model for the sum.
 PROMPT_STOPS = {"arithmetic": "="}
 
@@ -35,6 +38,16 @@ class Document:
     split: str
     text: str
     source: str
+
+
+def split_of(domain: str, source: str) -> str:
+    """The split of a document, from its domain and source name alone (the same in every corpus build).
+
+    A function of the name only: deterministic, and a document never changes split when others are
+    added or removed, so the shipped corpus's validation documents stay validation in the big corpus.
+    """
+    digest = hashlib.sha256(f"{domain}/{source}".encode()).hexdigest()
+    return "validation" if int(digest, 16) % 100 < VALIDATION_PERCENT else "train"
 
 
 def _check_split(split: str | None) -> None:
@@ -144,19 +157,23 @@ class TrainBatches:
     r::world_size. Labels are the input ids themselves (the model shifts them).
     """
 
-    def __init__(self, tokens: dict[str, torch.Tensor], seq_len: int, batch_size: int, seed: int = 0):
+    def __init__(self, tokens, seq_len: int, batch_size: int, seed: int = 0):
+        """`tokens`: per domain, a 1-D tensor; or one memory-mapped stream (`lab.corpus.shards.ShardedStream`)."""
         if seq_len <= 0 or batch_size <= 0:
             raise LabError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
-        if not tokens:
-            raise LabError("no train tokens")
-        self.stream = torch.cat([t.to(torch.int64).reshape(-1) for t in tokens.values()])
-        if self.stream.numel() < seq_len:
-            raise LabError(f"seq_len {seq_len} is longer than the train stream ({self.stream.numel()} tokens)")
+        if isinstance(tokens, dict):
+            if not tokens:
+                raise LabError("no train tokens")
+            self.stream = torch.cat([t.to(torch.int64).reshape(-1) for t in tokens.values()])
+        else:
+            self.stream = tokens  # read window by window: the corpus never becomes one int64 tensor
+        if self.n_tokens < seq_len:
+            raise LabError(f"seq_len {seq_len} is longer than the train stream ({self.n_tokens} tokens)")
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
 
     @property
     def n_tokens(self) -> int:
-        return self.stream.numel()
+        return self.stream.numel() if isinstance(self.stream, torch.Tensor) else len(self.stream)
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
         """(batch_size // world_size, seq_len) int64 input ids for this step and rank."""
@@ -167,6 +184,9 @@ class TrainBatches:
         generator = torch.Generator().manual_seed(_step_seed(self.seed, step))
         starts = torch.randint(0, self.n_tokens - self.seq_len + 1, (self.batch_size,), generator=generator)
         starts = starts[rank::world_size]  # the global batch is drawn whole, then sliced
+        if not isinstance(self.stream, torch.Tensor):
+            rows = [self.stream.window(int(start), self.seq_len) for start in starts]
+            return torch.from_numpy(np.stack(rows).astype(np.int64))  # (batch_size // world_size, seq_len)
         offsets = torch.arange(self.seq_len)
         return self.stream[starts[:, None] + offsets]  # (batch_size // world_size, seq_len)
 

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from lab.config import ModelConfig
 from lab.kv_cache import KVCache
 from lab.mlp import MLP
-from lab.moe import MoE, MoEStats
+from lab.moe import MoE, MoEStats, aggregate_layer_losses
 
 
 class RMSNorm(nn.Module):
@@ -156,8 +156,10 @@ class ModelOutput:
     """What a forward pass returns.
 
     `loss` is what training minimises: `lm_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss`.
-    The auxiliary losses are the means over MoE layers (0 for a dense model); `tokens_per_expert` is
-    (n_moe_layers, n_experts), counting the T * top_k assignments of each layer.
+    The auxiliary losses combine the MoE layers' as `router_loss_aggregation` says: their sum or their
+    mean (None for a dense model); `router_entropy` is always the mean over layers (a diagnostic, not
+    a loss); `tokens_per_expert` is (n_moe_layers, n_experts), counting the T * top_k assignments of
+    each layer.
     """
 
     logits: torch.Tensor
@@ -238,8 +240,9 @@ class DecoderLM(nn.Module):
 
         out = ModelOutput(logits=logits)
         if stats:
-            out.aux_loss = torch.stack([s.load_balancing_loss for s in stats]).mean()
-            out.z_loss = torch.stack([s.z_loss for s in stats]).mean()
+            how = cfg.router_loss_aggregation
+            out.aux_loss = aggregate_layer_losses([s.load_balancing_loss for s in stats], how)
+            out.z_loss = aggregate_layer_losses([s.z_loss for s in stats], how)
             out.tokens_per_expert = torch.stack([s.tokens_per_expert for s in stats])
             out.router_entropy = torch.stack([s.router_entropy for s in stats]).mean()
         if labels is not None:

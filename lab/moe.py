@@ -15,6 +15,18 @@ The auxiliary losses are returned (never stored in globals):
   fraction of the T * top_k assignments that went to expert e and P_e the mean probability of e
   (Switch Transformers, Fedus et al. 2021; Hugging Face's variant has its minimum at top_k instead);
 - router z-loss: `mean_t (logsumexp_e z_te)^2` (ST-MoE, Zoph et al. 2022).
+
+Each layer reports its own pair; `aggregate_layer_losses` makes one value of each for the model, as
+`ModelConfig.router_loss_aggregation` says:
+- "sum" (Megatron-Core's convention): every MoE layer's router adds `coef * its loss` to the gradient
+  on its own (`MoEAuxLossAutoScaler`, `--moe-aux-loss-coeff`, `--moe-z-loss-coeff`), so the training
+  loss holds the sum over layers. AquilaMoE (BAAI 2024, arXiv 2408.06567) trained in Megatron
+  (FlagScale) with coefficients 0.001 and 0.01, so its recipes here use "sum"; a perfectly balanced
+  model then logs a load-balancing loss of n_moe_layers.
+- "mean" (the lab's default, and what every config written before the setting existed means): the
+  average over layers, 1 at perfect balance whatever the depth, but a model of n MoE layers feels
+  1/n of the pressure that "sum" gives at the same coefficients.
+Either way sum = n_moe_layers x mean: only the scale of the two losses and of their gradients changes.
 """
 
 from __future__ import annotations
@@ -70,6 +82,16 @@ def load_balancing_loss(probs: torch.Tensor, tokens_per_expert: torch.Tensor) ->
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     """mean over tokens of logsumexp(z)^2: keeps router logits small (ST-MoE)."""
     return torch.logsumexp(logits, dim=-1).pow(2).mean()
+
+
+def aggregate_layer_losses(per_layer: list[torch.Tensor], aggregation: str) -> torch.Tensor:
+    """One scalar from the MoE layers' scalars: their "sum" or their "mean" (see the module docstring)."""
+    stacked = torch.stack(per_layer)
+    if aggregation == "sum":
+        return stacked.sum()
+    if aggregation == "mean":
+        return stacked.mean()
+    raise ValueError(f"router_loss_aggregation={aggregation!r}: must be 'sum' or 'mean'")
 
 
 def router_entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import transformers
 import lab
 from lab import DecoderLM, ModelConfig
 from lab.data import (DATA_DIR, DOMAINS, EOS_TOKEN, TrainBatches, corpus_stats, domain_prompts, eos_id,
-                      load_documents, load_tokenizer, load_tokens, validation_batches, validation_token_sample)
+                      load_documents, load_tokenizer, load_tokens, split_of, validation_batches, validation_token_sample)
 from lab.errors import LabError
 
 
@@ -56,9 +56,8 @@ def test_validation_is_disjoint_from_train():
 
 def test_split_is_a_function_of_domain_and_source():
     """The split of a document follows from its name alone, so rebuilding never moves a document."""
-    split_of = _build_script().split_of
     for doc in load_documents():
-        assert split_of({"domain": doc.domain, "source": doc.source}) == doc.split
+        assert split_of(doc.domain, doc.source) == doc.split
 
 
 def test_arithmetic_is_reproduced_and_correct():

@@ -107,6 +107,8 @@ def config_from_hf(d: dict[str, Any], source: str) -> tuple[ModelConfig, str]:
     if fields.get("n_experts"):
         fields["aux_loss_coef"] = float(d.get("router_aux_loss_coef", 0.001))
         fields["z_loss_coef"] = float(d.get("router_z_loss_coef", 0.01))
+        # A lab-only key: absent in every checkpoint written before it existed, which averaged.
+        fields["router_loss_aggregation"] = d.get("router_loss_aggregation", "mean")
     try:
         return ModelConfig(**fields), model_type
     except ValueError as e:
@@ -169,6 +171,9 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
                  mlp_only_layers=[i for i in range(cfg.n_layers) if not cfg.is_moe_layer(i)],
                  qkv_bias=True, output_router_logits=False)
     if cfg.is_moe:
-        d.update(router_aux_loss_coef=cfg.aux_loss_coef, router_z_loss_coef=cfg.z_loss_coef)
+        # router_aux_loss_coef is transformers' own key; the other two are the lab's, kept by transformers
+        # as plain attributes of the config.
+        d.update(router_aux_loss_coef=cfg.aux_loss_coef, router_z_loss_coef=cfg.z_loss_coef,
+                 router_loss_aggregation=cfg.router_loss_aggregation)
     d.update({k: v for k, v in cfg.extra.items() if k in _PASSTHROUGH})
     return d

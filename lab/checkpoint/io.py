@@ -207,7 +207,7 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         for src in extra_files:
             shutil.copyfile(src, tmp / Path(src).name)
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -257,7 +257,7 @@ def _plan_shards(entries: list[TensorEntry], limit: int) -> list[list[TensorEntr
     return shards
 
 
-def _replace_dir(new: Path, path: Path) -> None:
+def replace_dir(new: Path, path: Path) -> None:
     """Move `new` to `path`; an existing `path` is moved aside first and removed only afterwards."""
     if not path.exists():
         new.rename(path)

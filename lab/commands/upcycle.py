@@ -7,6 +7,7 @@ import math
 
 from lab.commands import (add_output_arguments, non_negative_float, parameter_count, positive_int,
                           verify_if_asked)
+from lab.config import ROUTER_LOSS_AGGREGATIONS
 
 ORDER = 40
 
@@ -18,7 +19,8 @@ def _plan(args: argparse.Namespace):
     return UpcyclePlan(n_experts=args.num_experts, top_k=args.top_k, granularity=args.granularity,
                        routing=args.routing, router_init_std=std, weight_scaling=not args.no_weight_scaling,
                        drop_ratio=args.drop_ratio, noise=args.noise, every=args.every, seed=args.seed,
-                       aux_loss_coef=args.aux_loss_coef, z_loss_coef=args.z_loss_coef)
+                       aux_loss_coef=args.aux_loss_coef, z_loss_coef=args.z_loss_coef,
+                       router_loss_aggregation=args.router_loss_aggregation)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> None:
           f"(moe_ffn_dim {target.moe_ffn_dim}), routing {plan.routing}, MoE layers {layers}")
     print(f"  router ~ Normal(0, {plan.router_init_std:.4g}), seed {plan.seed}; expert down projections x {scale:g}; "
           f"drop ratio {plan.drop_ratio:g}, noise {plan.noise:g}")
-    print(f"  aux-loss coef {target.aux_loss_coef:g}, z-loss coef {target.z_loss_coef:g} (written to config.json)")
+    print(f"  aux-loss coef {target.aux_loss_coef:g}, z-loss coef {target.z_loss_coef:g}, "
+          f"{target.router_loss_aggregation} over MoE layers (written to config.json)")
     print(f"  parameters: {parameter_count(source):,} dense -> {parameter_count(target):,} total, "
           f"{parameter_count(target, active=True):,} active")
     print(f"  writes {model_type}: {why}")
@@ -81,6 +84,9 @@ def add_parser(subparsers) -> None:
                    help="upcycle layers i with (i+1) %% N == 0 only (Qwen2-MoE's decoder_sparse_step); default all")
     p.add_argument("--aux-loss-coef", type=non_negative_float, default=0.001, help="load-balancing loss weight")
     p.add_argument("--z-loss-coef", type=non_negative_float, default=0.01, help="router z-loss weight")
+    p.add_argument("--router-loss-aggregation", choices=ROUTER_LOSS_AGGREGATIONS, default="mean",
+                   help="how the MoE layers' load-balancing and z-losses combine: sum (Megatron's, AquilaMoE's: "
+                        "each layer adds coef x its loss) or mean (default: 1/n_layers of that pressure)")
     p.add_argument("--seed", type=int, default=0, help="seeds the routers, dropped units and noise")
     add_output_arguments(p)
     p.set_defaults(func=run)

@@ -20,6 +20,7 @@ stages:
   - name: moe
     stage: scale-out
     upcycle: {n_experts: 8, top_k: 2}                                           # lab.upcycle.UpcyclePlan
+    # (also aux_loss_coef, z_loss_coef, router_loss_aggregation: sum | mean, written to config.json)
     data: {batch_size: 32}         # a stage may change batch_size and grad_accum only
 baseline:                          # optional: the final model's shape trained from scratch
   optim: {lr: 1.0e-3}
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.config import ModelConfig
+from lab.config import ROUTER_LOSS_AGGREGATIONS, ModelConfig, without_later_defaults
 from lab.errors import LabError
 from lab.flops import flops_per_token
 from lab.growth import DEPTH_KINDS, MAP_KINDS, METHODS, GrowthPlan, plan_growth
@@ -121,12 +122,16 @@ class Pipeline:
         return sum(s.flops for s in self.stages)
 
     def digest(self) -> str:
-        """A short hash of the stages' and the baseline's recipes (hardware aside): resume checks it."""
+        """A short hash of the stages' and the baseline's recipes (hardware aside): resume checks it.
+
+        Fields added since a pipeline began, at their original value, are left out (`without_later_defaults`),
+        so that it still resumes."""
         parts = [{k: v for k, v in s.recipe.to_dict().items() if k != "hardware"} for s in self.stages]
         parts += [dataclasses.asdict(s.plan) if s.plan is not None else None for s in self.stages]
         if self.baseline is not None:
             parts.append({k: v for k, v in self.baseline.to_dict().items() if k != "hardware"})
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        text = json.dumps(without_later_defaults(parts), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _fail(where: str, message: str) -> LabError:
@@ -196,6 +201,7 @@ def _grow(cfg: ModelConfig, values: Any, seed: int, where: str) -> GrowthPlan:
 
 def _upcycle(cfg: ModelConfig, values: Any, seed: int, where: str) -> tuple[UpcyclePlan, ModelConfig]:
     options = _options(values, UPCYCLE_OPTIONS, where)
+    _choice(options, "router_loss_aggregation", ROUTER_LOSS_AGGREGATIONS, where)
     options.setdefault("seed", seed)
     plan = UpcyclePlan(**options)
     try:

@@ -6,8 +6,8 @@ needs the model in its hands instead. `train_steps` is that: AdamW (weight decay
 `lab.train`), gradient clipping at 1, batches from `lab.data.TrainBatches` (a pure function of the
 step, so two runs from the same model see the same data), and records shaped like those of a
 `metrics.jsonl` (event "train": `step`, `tokens`, `flops`, `loss`, `lm_loss`, and for an MoE `aux_loss`,
-`z_loss`, `router_entropy`, `tokens_per_expert`; event "eval": `val_loss`, `val_loss_mean`), so that
-`as_run` hands them to the same plot builders as a run read from disk (`lab.plots.curves`).
+`z_loss`, `router_loss_aggregation`, `router_entropy`, `tokens_per_expert`; event "eval": `val_loss`,
+`val_loss_mean`), so that `as_run` hands them to the same plot builders as a run read from disk (`lab.plots.curves`).
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def train_steps(model, steps: int, *, lr: float = 3e-3, warmup: int = 0, batch_s
                   "lm_loss": out.lm_loss.item()}
         if out.aux_loss is not None:
             record.update(aux_loss=out.aux_loss.item(), z_loss=out.z_loss.item(),
+                          router_loss_aggregation=cfg.router_loss_aggregation,
                           router_entropy=out.router_entropy.item(), tokens_per_expert=out.tokens_per_expert.tolist())
         records.append(record)
         if eval_every and ((i + 1) % eval_every == 0 or i + 1 == steps):

@@ -149,8 +149,10 @@ class _Run:
         record = {"loss": means[0].item(), "lm_loss": means[1].item(), "lr": lr, "grad_norm": grad_norm.item()}
         if experts is not None:
             experts = distributed.all_reduce(experts, info, op="sum")
-            record.update(aux_loss=means[2].item(), z_loss=means[3].item(), router_entropy=means[4].item(),
-                          tokens_per_expert=experts.tolist())
+            # Summed losses grow with depth: the record says which kind it holds.
+            record.update(aux_loss=means[2].item(), z_loss=means[3].item(),
+                          router_loss_aggregation=self.cfg.router_loss_aggregation,
+                          router_entropy=means[4].item(), tokens_per_expert=experts.tolist())
         if not math.isfinite(record["loss"]):
             raise LabError(f"the loss is {record['loss']} at step {self.step} (try a lower optim.lr)")
         return record

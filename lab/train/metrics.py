@@ -13,9 +13,12 @@ and, by event:
 
     train       loss (what is minimised: lm_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss),
                 lm_loss, lr, grad_norm (before clipping), tokens_per_s, mfu (only when a peak is known);
-                for an MoE also aux_loss (load balancing, 1 at perfect balance), z_loss (router z-loss),
-                router_entropy (nats), tokens_per_expert (a list per MoE layer of counts per expert,
-                over the step's tokens x top_k). Values are means over the step's micro-batches.
+                for an MoE also aux_loss (load balancing, 1 per layer at perfect balance), z_loss
+                (router z-loss), router_loss_aggregation ("sum" or "mean": how aux_loss and z_loss
+                combine the MoE layers', lab.moe; under "sum" a balanced model logs aux_loss =
+                n_moe_layers), router_entropy (nats, mean over layers), tokens_per_expert (a list per
+                MoE layer of counts per expert, over the step's tokens x top_k). Values are means over
+                the step's micro-batches.
     eval        val_loss {domain: loss} on the fixed validation windows, val_loss_mean (mean over domains);
                 for an MoE also tokens_per_expert_by_domain {domain: [counts per expert] per MoE layer}
                 on those windows (every process evaluates the same windows: no reduction)

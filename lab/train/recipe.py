@@ -6,7 +6,7 @@ stage: pretrain           # what this run is in a pipeline: pretrain, scale-up, 
 seed: 0                   # model initialisation and data order
 model: {dim: 128, ...}    # ModelConfig fields; or instead:
 init_from: path/to/ckpt   # a Hugging Face directory to start from (its config.json gives the model)
-data:    {corpus: null, tokenizer: null, seq_len: 128, batch_size: 16, grad_accum: 1}
+data:    {corpus: null, tokenizer: null, tokens: null, seq_len: 128, batch_size: 16, grad_accum: 1}
 optim:   {lr: 3.0e-3, min_lr_ratio: 0.1, warmup_steps: 30, schedule: cosine, weight_decay: 0.1,
           betas: [0.9, 0.95], eps: 1.0e-8, grad_clip: 1.0}
 train:   {max_steps: 300, eval_every: 50, eval_sequences: 8, save_every: 100, keep_checkpoints: 2,
@@ -19,8 +19,10 @@ Every key is checked: an unknown key, a wrong type or a value out of range raise
 naming it (`recipe optim.lr: must be > 0, got -1`). `data.batch_size` is the number of sequences of
 one micro-batch across all processes; an optimizer step takes `grad_accum` of them. `corpus`,
 `tokenizer` and `init_from` paths are relative to the current directory; null means the shipped
-corpus and tokenizer. `optim.lr` is the peak, reached after `warmup_steps`; the schedule ends at
-`min_lr_ratio * lr` after `train.max_steps`.
+corpus and tokenizer. `tokens` names a folder of token shards (`python -m lab data build`) to train
+on instead of the corpus's train split, read through memory maps; validation stays on `corpus`'s
+validation split, so losses compare with runs on the shipped corpus. `optim.lr` is the peak, reached
+after `warmup_steps`; the schedule ends at `min_lr_ratio * lr` after `train.max_steps`.
 
 `hardware` says how to run, never what is computed (it is left out of the digest, so a run may resume
 on other hardware): `compile` wraps each block in `torch.compile`; `activation_checkpointing`
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.config import ModelConfig
+from lab.config import ModelConfig, without_later_defaults
 from lab.errors import LabError
 from lab.flops import PEAK_FLOPS
 
@@ -72,6 +74,7 @@ def _one_of(choices: tuple[str, ...]) -> dict:
 class DataSpec:
     corpus: str | None = None
     tokenizer: str | None = None
+    tokens: str | None = None
     seq_len: int = field(default=128, metadata=_positive())
     batch_size: int = field(default=16, metadata=_positive())
     grad_accum: int = field(default=1, metadata=_positive())
@@ -161,9 +164,10 @@ class Recipe:
 
     def digest(self) -> str:
         """A short hash of `to_dict()` without `hardware`: a run resumes only under the recipe it began with,
-        but may resume on other hardware."""
+        but may resume on other hardware. Fields added since a run began, at their original value, are
+        left out (`without_later_defaults`), so that it still resumes."""
         values = {k: v for k, v in self.to_dict().items() if k != "hardware"}
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(without_later_defaults(values), sort_keys=True).encode()).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with top-level fields changed (sections as dicts of changes, e.g. train={"max_steps": 5})."""

@@ -74,7 +74,14 @@ def load_data(recipe: Recipe, cfg: ModelConfig, info: DistInfo) -> RunData:
     if spec.batch_size % info.world_size:
         raise LabError(f"recipe data.batch_size: {spec.batch_size} must be divisible by the "
                        f"{info.world_size} processes")
-    train_tokens = data.load_tokens("train", corpus=spec.corpus, tokenizer=tokenizer)
+    if spec.tokens is not None:
+        from lab.corpus.shards import check_tokenizer, open_joined
+
+        tokenizer_file = tokenizer_path / "tokenizer.json" if tokenizer_path.is_dir() else tokenizer_path
+        check_tokenizer(spec.tokens, tokenizer_file)
+        train_tokens = open_joined(spec.tokens, "train")
+    else:
+        train_tokens = data.load_tokens("train", corpus=spec.corpus, tokenizer=tokenizer)
     validation = data.validation_batches(data.load_tokens("validation", corpus=spec.corpus, tokenizer=tokenizer),
                                          spec.seq_len, recipe.train.eval_sequences)
     prompts = data.domain_prompts(spec.corpus) if recipe.train.sample_tokens else {}

@@ -4,7 +4,9 @@ The plan is the whole recipe of sparse upcycling (Komatsuzaki et al. 2023) as th
 how many experts, how many fire per token, the granularity of virtual groups and the weight scaling
 (He et al. 2024, "Upcycling Large Language Models into Mixture of Experts"), Drop-Upcycling (Nakamura
 et al. 2025), the router's initial std, and which layers become MoE. AquilaMoE (BAAI 2024) upcycles
-every layer to 8 experts, top-2, router ~ Normal(0, 0.02), aux-loss x 0.001 and z-loss x 0.01.
+every layer to 8 experts, top-2, router ~ Normal(0, 0.02), aux-loss x 0.001 and z-loss x 0.01, each
+added per layer (Megatron's sum over layers: `router_loss_aggregation="sum"`; the plan's default stays
+"mean", what the lab's earlier upcycles trained with).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from lab.checkpoint.hf_config import hf_model_type
-from lab.config import ROUTINGS, ModelConfig
+from lab.config import ROUTER_LOSS_AGGREGATIONS, ROUTINGS, ModelConfig
 from lab.errors import LabError
 
 # Megatron, FlagScale and Hugging Face initialise routers with std 0.02; the AquilaMoE paper writes
@@ -31,7 +33,9 @@ class UpcyclePlan:
     i with (i + 1) % N == 0 (Qwen2-MoE's `decoder_sparse_step`); the others stay dense.
     `weight_scaling` multiplies each expert's down projection by `expert_scale` (He et al. 2024);
     without it a fine-grained or softmax_topk upcycle starts away from the dense model. `noise` adds
-    Normal(0, noise * std of the dense matrix) to every expert weight.
+    Normal(0, noise * std of the dense matrix) to every expert weight. `router_loss_aggregation`
+    ("sum" | "mean") is how the MoE layers' auxiliary losses combine (`lab.moe`); like the two
+    coefficients it is written into the output's config.json, where training reads it.
     """
 
     n_experts: int = 8
@@ -46,6 +50,7 @@ class UpcyclePlan:
     seed: int = 0
     aux_loss_coef: float = 0.001
     z_loss_coef: float = 0.01
+    router_loss_aggregation: str = "mean"
 
 
 def upcycled_layers(n_layers: int, every: int) -> tuple[int, ...]:
@@ -86,6 +91,9 @@ def check_plan(source: ModelConfig, plan: UpcyclePlan) -> None:
         raise LabError(f"--noise must be >= 0, got {plan.noise}")
     if not 1 <= plan.every <= source.n_layers:
         raise LabError(f"--every {plan.every}: must be in [1, n_layers={source.n_layers}]")
+    if plan.router_loss_aggregation not in ROUTER_LOSS_AGGREGATIONS:
+        raise LabError(f"--router-loss-aggregation {plan.router_loss_aggregation!r}: "
+                       f"must be one of {', '.join(ROUTER_LOSS_AGGREGATIONS)}")
 
 
 def upcycle_config(source: ModelConfig, plan: UpcyclePlan) -> ModelConfig:
@@ -97,7 +105,8 @@ def upcycle_config(source: ModelConfig, plan: UpcyclePlan) -> ModelConfig:
             n_experts=plan.n_experts, top_k=plan.top_k, routing=plan.routing,
             moe_ffn_dim=source.ffn_dim // plan.granularity, shared_expert_ffn_dim=0,
             moe_layers=upcycled_layers(source.n_layers, plan.every),
-            aux_loss_coef=plan.aux_loss_coef, z_loss_coef=plan.z_loss_coef)
+            aux_loss_coef=plan.aux_loss_coef, z_loss_coef=plan.z_loss_coef,
+            router_loss_aggregation=plan.router_loss_aggregation)
     except ValueError as e:
         raise LabError(str(e)) from None
     hf_model_type(target)  # raises CheckpointError (a LabError) when no format fits
