@@ -170,7 +170,10 @@ def test_fused_and_unfused_adamw_take_the_same_steps():
             optimizer.zero_grad(set_to_none=True)
     start = DecoderLM(cfg)
     assert not torch.equal(start.tok_embeddings.weight, models[0].tok_embeddings.weight)
-    _states_equal(models[0], models[1], rtol=1e-5, atol=1e-6)
+    # Each step moves a weight by up to lr = 1e-2; the two kernels round differently, and where a
+    # gradient is near zero Adam scales that rounding up (1.1e-6 seen on one CPU after 3 steps). 1e-5 is
+    # a thousandth of one step: a real difference in the update rule would be a whole step.
+    _states_equal(models[0], models[1], rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- grouped matmul kernel

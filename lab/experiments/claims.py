@@ -1,0 +1,227 @@
+"""The claims the seeded experiments test, the fixed rule that judges each one, and the claims file.
+
+A claim compares two measured scalars per seed, `a` and `b`, read by name from an experiment's
+`measurements.json` (lab.experiments.runner): `lower` claims a < b, `equal` claims a = b within a
+tolerance. The rule (RULE, `verdict`) is fixed in advance and sees only the per-seed values, so anyone
+can recompute a verdict from the claims file alone:
+
+    lower: d_s = b_s - a_s per seed. Holds when d_s > 0 on every seed and mean(d) > 2 stdev(d) / sqrt(n);
+           contradicted when d_s < 0 on every seed and -mean(d) > 2 stdev(d) / sqrt(n); else inconclusive.
+    equal: holds when |a_s - b_s| <= tolerance on every seed; contradicted when |a_s - b_s| > tolerance on
+           every seed; else inconclusive.
+
+stdev is the sample standard deviation (n - 1 in the denominator); at least 3 seeds per claim.
+
+The claims file (`python -m lab experiments claims DIR... --json OUT`):
+
+    {"rule": RULE, "experiments": {name: [dirs]},
+     "claims": [{"id", "text", "paper", "kind", "tolerance" (equal only), "a", "b", "experiment",
+                 "a_measurement", "b_measurement", "seeds", "a_values", "b_values", "verdict"}]}
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import LabError
+
+MIN_SEEDS = 3
+KINDS = ("lower", "equal")
+VERDICTS = ("holds", "inconclusive", "contradicted")
+RULE = ("lower: with d_s = b_s - a_s per seed, the claim holds when d_s > 0 on every seed and "
+        "mean(d) > 2 * stdev(d) / sqrt(n); it is contradicted when d_s < 0 on every seed and "
+        "-mean(d) > 2 * stdev(d) / sqrt(n); otherwise it is inconclusive. equal: the claim holds when "
+        "|a_s - b_s| <= tolerance on every seed; it is contradicted when |a_s - b_s| > tolerance on every seed; "
+        "otherwise it is inconclusive. stdev is the sample standard deviation (n - 1); n >= 3 seeds per claim.")
+
+
+def _values(values, what: str) -> list[float]:
+    out = [float(v) for v in values]
+    if not all(math.isfinite(v) for v in out):
+        raise LabError(f"{what}: every value must be a finite number, got {out}")
+    return out
+
+
+def verdict(a_values, b_values, kind: str, tolerance: float | None = None) -> str:
+    """The verdict of RULE on per-seed values (a_s, b_s): "holds", "inconclusive" or "contradicted".
+
+    Refuses (LabError) fewer than MIN_SEEDS seeds, lists of different lengths, non-finite values, an
+    unknown kind, and an `equal` claim without a tolerance >= 0.
+    """
+    a, b = _values(a_values, "a_values"), _values(b_values, "b_values")
+    if len(a) != len(b):
+        raise LabError(f"a_values and b_values differ in length ({len(a)} and {len(b)})")
+    if len(a) < MIN_SEEDS:
+        raise LabError(f"{len(a)} seeds: a claim needs at least {MIN_SEEDS}")
+    if kind == "equal":
+        if tolerance is None or not tolerance >= 0:
+            raise LabError(f"an equal claim needs a tolerance >= 0, got {tolerance!r}")
+        gaps = [abs(x - y) for x, y in zip(a, b)]
+        if all(g <= tolerance for g in gaps):
+            return "holds"
+        return "contradicted" if all(g > tolerance for g in gaps) else "inconclusive"
+    if kind != "lower":
+        raise LabError(f"kind {kind!r}: must be one of {', '.join(KINDS)}")
+    d = [y - x for x, y in zip(a, b)]
+    mean, margin = statistics.fmean(d), 2 * statistics.stdev(d) / math.sqrt(len(d))
+    if all(x > 0 for x in d) and mean > margin:
+        return "holds"
+    if all(x < 0 for x in d) and -mean > margin:
+        return "contradicted"
+    return "inconclusive"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim: what it says, where it comes from, and which two measurements of which experiment it compares."""
+
+    id: str
+    text: str
+    paper: str
+    kind: str
+    experiment: str
+    a_measurement: str
+    b_measurement: str
+    a: str  # what is claimed lower (or equal), in words
+    b: str  # what it is compared with
+    tolerance: float | None = None
+
+
+AQUILA = "AquilaMoE (arXiv 2408.06567)"
+HE = "He et al. 2024, Upcycling LLMs into MoE (arXiv 2410.07524)"
+CLAIMS: tuple[Claim, ...] = (
+    Claim("C1", "FPI width-only with integer ratios keeps the source's validation loss.", f"{AQUILA} Table 1",
+          "equal", "table1", "fpi-width/grown_loss", "source/loss",
+          "FPI width-only (2x) right after growth", "the source", tolerance=1e-4),
+    Claim("C2", "Right after growth, FPI + interpolation is below FPI + stacking.", f"{AQUILA} Table 1",
+          "lower", "table1", "fpi-interpolate/grown_loss", "fpi-stack/grown_loss",
+          "FPI + interpolation right after growth", "FPI + stacking right after growth"),
+    Claim("C3", "Right after growth, AKI-Pro (interpolation) is below AKI + stacking.", f"{AQUILA} Table 1",
+          "lower", "table1", "aki-pro/grown_loss", "aki-stack/grown_loss",
+          "AKI-Pro (interpolation) right after growth", "AKI + stacking right after growth"),
+    Claim("C4", "Right after growth, the worst growth method is below random initialisation.", f"{AQUILA} Table 1",
+          "lower", "table1", "worst-growth/grown_loss", "random/grown_loss",
+          "the highest loss of FPI/AKI with stacking/interpolation right after growth",
+          "random initialisation of the same shape"),
+    Claim("C5", "After equal continued training, AKI-Pro is below FPI with the same depth rule.",
+          f"{AQUILA} Figure 3; bert2BERT", "lower", "table1", "aki-pro/trained_loss", "fpi-interpolate/trained_loss",
+          "AKI-Pro after continued training", "FPI + interpolation after the same training"),
+    Claim("C6", "A grown model trained N steps is below the same shape trained N steps from scratch.",
+          f"{AQUILA} Figure 3", "lower", "table1", "aki-pro/trained_loss", "random/trained_loss",
+          "AKI-Pro after N steps", "the same shape after N steps from scratch"),
+    Claim("C7", "Right after growth, a non-integer width ratio is above an integer one (1.96 vs 1.85).",
+          f"{AQUILA} Table 2", "lower", "table2", "width-integer/grown_loss", "width-noninteger/grown_loss",
+          "FPI with an integer width ratio right after growth", "FPI with a non-integer width ratio"),
+    Claim("C8", "Right after growth, width plus depth is above width alone (2.24 vs 1.96).", f"{AQUILA} Table 2",
+          "lower", "table2", "width-noninteger/grown_loss", "width-depth/grown_loss",
+          "width growth alone right after growth", "the same width growth plus depth"),
+    Claim("C9", "The upcycled MoE (top-k then softmax, no noise, no drop) starts at the dense model's loss.",
+          f"{AQUILA} 2.2.2; {HE}", "equal", "upcycle", "topk-softmax/start_loss", "dense/start_loss",
+          "the upcycled MoE before its first step", "the dense source", tolerance=1e-4),
+    Claim("C10", "At equal training FLOPs, the upcycled MoE is below the dense model trained on.", HE,
+          "lower", "upcycle", "topk-softmax/trained_loss", "dense/trained_loss",
+          "the upcycled MoE (top-k then softmax) after continued training",
+          "the dense source trained on for the same FLOPs"),
+    Claim("C11", "After equal continued training, softmax-then-top-k is below top-k-then-softmax.", HE,
+          "lower", "upcycle", "softmax-topk/trained_loss", "topk-softmax/trained_loss",
+          "softmax then top-k", "top-k then softmax"),
+    Claim("C12", "After equal continued training, granularity 2 (virtual groups, weight scaling) is below "
+          "granularity 1.", HE, "lower", "upcycle", "granularity-2/trained_loss", "topk-softmax/trained_loss",
+          "granularity 2", "granularity 1"),
+    Claim("C13", "Without the load-balancing loss, the load is less balanced than with it.",
+          f"{HE}; Switch Transformers", "lower", "upcycle", "topk-softmax/load_cv", "no-aux-loss/load_cv",
+          "coefficient of variation of tokens per expert with the load-balancing loss", "the same without it"),
+    Claim("C14", "After each transition, the loss at a quarter of the stage's steps is below the loss just before "
+          "the transition (quick recovery).", f"{AQUILA} 2.2; this lab's README", "lower", "pipeline",
+          "recovery/worst_quarter_loss", "recovery/worst_before_loss",
+          "the loss at a quarter of the new stage (the slower of the two transitions)",
+          "the loss just before that transition"),
+    Claim("C15", "The pipeline ends below the from-scratch baseline at equal training FLOPs.",
+          f"{AQUILA} 2.2 and Table 6", "lower", "pipeline", "pipeline/final_loss", "baseline/best_loss",
+          "dense -> grown -> MoE at the end", "the final shape from scratch on the same FLOPs, best of its "
+          "learning rates"),
+)
+
+
+def read_measurements(directories: list[Path], report=print) -> dict[str, dict[int, dict]]:
+    """{experiment: {seed: values}} from experiment directories (several of one experiment are joined;
+    a seed found twice is refused). A seed without measurements.json (unfinished) is left out, and said."""
+    from lab.experiments.runner import MEASUREMENTS_FILE, read_json
+    from lab.experiments.settings import read_settings
+
+    found: dict[str, dict[int, dict]] = {}
+    for directory in map(Path, directories):
+        name = read_settings(directory)["experiment"]
+        seeds = sorted(p for p in directory.glob("seed-*") if p.is_dir())
+        if not seeds:
+            raise LabError(f"{directory}: no seed-* directories")
+        for seed_path in seeds:
+            measured = read_json(seed_path / MEASUREMENTS_FILE)
+            if measured is None or not isinstance(measured.get("values"), dict):
+                report(f"{seed_path}: no {MEASUREMENTS_FILE} (unfinished), left out")
+                continue
+            seed = measured.get("seed")
+            if seed in found.setdefault(name, {}):
+                raise LabError(f"{seed_path}: seed {seed} of {name} is also in another directory")
+            found[name][seed] = measured["values"]
+    return found
+
+
+def evaluate_claim(claim: Claim, seeds: dict[int, dict]) -> dict:
+    """The claims-file entry of `claim` on the measurements of its experiment ({seed: values})."""
+    order = sorted(seeds)
+    missing = [f"seed {s}: {k}" for s in order for k in (claim.a_measurement, claim.b_measurement)
+               if not isinstance(seeds[s].get(k), (int, float))]
+    if missing:
+        raise LabError(f"{claim.id}: measurements missing ({'; '.join(missing[:3])})")
+    a_values = [float(seeds[s][claim.a_measurement]) for s in order]
+    b_values = [float(seeds[s][claim.b_measurement]) for s in order]
+    try:
+        result = verdict(a_values, b_values, claim.kind, claim.tolerance)
+    except LabError as e:
+        raise LabError(f"{claim.id} ({claim.experiment}): {e}") from None
+    entry = {"id": claim.id, "text": claim.text, "paper": claim.paper, "kind": claim.kind}
+    if claim.kind == "equal":
+        entry["tolerance"] = claim.tolerance
+    entry.update(a=claim.a, b=claim.b, experiment=claim.experiment, a_measurement=claim.a_measurement,
+                 b_measurement=claim.b_measurement, seeds=order, a_values=a_values, b_values=b_values,
+                 verdict=result)
+    return entry
+
+
+def evaluate(directories: list[Path], report=print) -> dict:
+    """The claims file's content for the experiments in `directories` (claims of experiments not given are
+    left out, and said)."""
+    measured = read_measurements(directories, report)
+    absent = sorted({c.experiment for c in CLAIMS} - set(measured))
+    if absent:
+        ids = [c.id for c in CLAIMS if c.experiment in absent]
+        report(f"not evaluated: {', '.join(ids)} (no directory of {', '.join(absent)})")
+    from lab.experiments.settings import read_settings, stored_path
+
+    claims = [evaluate_claim(c, measured[c.experiment]) for c in CLAIMS if c.experiment in measured]
+    where: dict[str, list[str]] = {}
+    for directory in map(Path, directories):
+        where.setdefault(read_settings(directory)["experiment"], []).append(stored_path(str(directory)))
+    return {"rule": RULE, "experiments": where, "claims": claims}
+
+
+def summary_row(entry: dict) -> dict:
+    """Mean a, mean b, mean difference d = b - a and its standard error, n: what the table prints."""
+    a, b = entry["a_values"], entry["b_values"]
+    d = [y - x for x, y in zip(a, b)]
+    return {"id": entry["id"], "verdict": entry["verdict"], "mean_a": statistics.fmean(a),
+            "mean_b": statistics.fmean(b), "mean_d": statistics.fmean(d),
+            "se_d": statistics.stdev(d) / math.sqrt(len(d)), "n": len(d)}
+
+
+def format_table(entries: list[dict]) -> str:
+    lines = [f"{'claim':<6}{'verdict':<14}{'mean a':>11}{'mean b':>11}{'mean b-a':>12}{'s.e.':>11}{'n':>4}"]
+    for e in entries:
+        r = summary_row(e)
+        lines.append(f"{r['id']:<6}{r['verdict']:<14}{r['mean_a']:>11.5f}{r['mean_b']:>11.5f}{r['mean_d']:>12.5f}"
+                     f"{r['se_d']:>11.5f}{r['n']:>4}")
+    return "\n".join(lines)
