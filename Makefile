@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test bench tiny table1 data compat4 help clean notebooks pipeline runs corpus sources
+.PHONY: lab test bench tiny table1 data compat4 help clean notebooks pipeline runs corpus sources experiments
 
 help:
 	@echo "make lab    install into .venv and open the dashboard on http://127.0.0.1:8501 (RUNS=DIR for other runs)"
@@ -17,6 +17,7 @@ help:
 	@echo "make table1 the paper's Table 1 (growth methods) at toy scale into runs/growth_table1"
 	@echo "make corpus the big training corpus (27M tokens) into data/tokens, checked against data/corpus-manifest.json"
 	@echo "make sources  pretrain (or resume) the sources on data/tokens and export them to data/sources (hours)"
+	@echo "make experiments  the seeded experiments (3 seeds, and 3 more from seed 1000), data/claims.json (many hours; resumable)"
 	@echo "make data   rebuild the corpus and tokenizer and check they equal the committed ones"
 	@echo "make compat4  checkpoints across transformers 4.x and 5.x"
 
@@ -52,6 +53,7 @@ corpus: $(STAMP)
 	$(PY) -m lab data build --out data/tokens --force --check data/corpus-manifest.json
 
 # Each source trains for about 2 hours on 2 CPU cores; run it again after an interruption to resume.
+# The names of lab.sources.SOURCE_NAMES.
 SOURCES := source-deep source-shallow
 sources: $(STAMP)
 	test -f data/tokens/manifest.json || $(MAKE) corpus
@@ -63,6 +65,21 @@ sources: $(STAMP)
 	  fi; \
 	  $(PY) -m lab sources export $$out --out data/sources/$$name --recipe recipes/$$name.yaml --force || exit 1; \
 	done
+
+# The four experiments over seeds 0-2 from data/sources/source-deep, exported without weights to
+# data/runs/experiments, judged into data/claims.json; then seeds 1000-1002 into data/claims-seed-1000.json,
+# the check that other seeds give no claim the opposite verdict. Run it again after an interruption.
+EXPERIMENTS := table2 upcycle table1 pipeline
+experiments: $(STAMP)
+	test -f data/sources/source-deep/config.json || $(MAKE) sources
+	for base in 0 1000; do \
+	  for name in $(EXPERIMENTS); do \
+	    $(PY) -m lab experiments run $$name --seeds 3 --seed-base $$base --out runs/experiments/seed-$$base/$$name || exit 1; \
+	    $(PY) -m lab experiments export runs/experiments/seed-$$base/$$name data/runs/experiments/seed-$$base/$$name || exit 1; \
+	  done; \
+	done
+	$(PY) -m lab experiments claims $(addprefix data/runs/experiments/seed-0/,$(EXPERIMENTS)) --json data/claims.json
+	$(PY) -m lab experiments claims $(addprefix data/runs/experiments/seed-1000/,$(EXPERIMENTS)) --json data/claims-seed-1000.json
 
 data: $(STAMP)
 	$(PY) data/build_corpus.py --check

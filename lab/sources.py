@@ -27,6 +27,8 @@ import torch
 from lab import data
 from lab.errors import LabError
 
+# The shipped sources, each made by recipes/<name>.yaml (`make sources`).
+SOURCE_NAMES = ("source-deep", "source-shallow")
 SOURCES_DIR = data.DATA_DIR / "sources"
 SOURCE_RUNS_DIR = data.DATA_DIR / "runs" / "sources"
 FULL_SEQ_LEN = 256
@@ -95,7 +97,7 @@ SwiGLU, RMSNorm, RoPE; saved as a `qwen2` checkpoint (bf16 weights), which `tran
 | vocabulary | {cfg.vocab_size} (the lab's byte-level BPE, `tokenizer.json`) |
 | trained on | the big corpus (`python -m lab data build`, `data/corpus-manifest.json`): English documentation, classical Chinese poetry, Python code, arithmetic |
 | steps, tokens | {summary['steps']:,} steps, {summary['tokens']:,} tokens |
-| training compute | {summary['flops']:.3e} FLOPs, {summary['hours']:.2f} hours on the machine that trained it |
+| training compute | {summary['flops']:.3e} FLOPs, {summary['hours']:.2f} hours of wall-clock time on the machine that trained it |
 
 ## Validation loss (nats per token, the shipped corpus's validation split, bf16 weights read in fp32)
 
@@ -117,8 +119,9 @@ tokenizer = transformers.AutoTokenizer.from_pretrained("data/sources/{name}")
 ```
 
 ```
-python -m lab grow data/sources/{name} OUT --method aki-pro --dim {2 * cfg.dim} --n-heads {2 * cfg.n_heads} --ffn-dim {2 * cfg.ffn_dim}
-python -m lab upcycle data/sources/{name} OUT --n-experts 8 --top-k 2
+python -m lab grow data/sources/{name} OUT --method aki-pro --hidden-size {2 * cfg.dim} --num-heads {2 * cfg.n_heads} \\
+    --intermediate-size {2 * cfg.ffn_dim} --num-layers {cfg.n_layers + max(1, cfg.n_layers // 2)} --depth interpolate
+python -m lab upcycle data/sources/{name} OUT --num-experts 8 --top-k 2 --router-loss-aggregation sum
 ```
 
 ## Recipe

@@ -55,9 +55,12 @@ ROUTING_VARIANTS: dict[str, tuple[dict, str]] = {
 
 
 def expected_runs() -> list[str]:
-    """The run directories `data/runs` holds, relative to it."""
+    """The run directories `data/runs` holds, relative to it (the sources' pretraining curves are exported
+    with the sources themselves, by `python -m lab sources export`)."""
+    from lab.sources import SOURCE_NAMES
+
     return (["efficientscale-tiny", "efficientscale-tiny-baseline"] + [f"growth/{k}" for k in GROWTH_KEYS]
-            + [f"routing/{v}" for v in ROUTING_VARIANTS])
+            + [f"routing/{v}" for v in ROUTING_VARIANTS] + [f"sources/{name}" for name in SOURCE_NAMES])
 
 
 def relative_paths(json_text: str, run_dir: Path) -> str:
