@@ -150,3 +150,14 @@ def test_only_keeps_the_other_benchmarks(tmp_path):
     earlier["quick"] = False
     (out / "results.json").write_text(json.dumps(earlier))
     assert "dispatch" not in suite.run(out, quick=True, only=["matmul_peak"], progress=False)
+
+
+def test_the_fastest_reference_is_never_dropped():
+    """Even when every reference's warm-up is over 5x the kept candidate's (a busy machine), one stays."""
+    import time
+
+    from lab.bench.model_speed import time_in_turns
+
+    times, dropped = time_in_turns({"lab": lambda: None, "a": lambda: time.sleep(0.02),
+                                    "b": lambda: time.sleep(0.04)}, repeats=1, warmup=1, keep=("lab",))
+    assert set(times) == {"lab", "a"} and set(dropped) == {"b"}
