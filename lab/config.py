@@ -8,8 +8,11 @@ written. Every behaviour of the model is a field here, never a check on a model'
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from lab.errors import quoted
 
 ROUTINGS = ("topk_softmax", "softmax_topk")
 # RoPE frequency scalings, with the keys each one needs (besides "rope_type").
@@ -21,6 +24,24 @@ MOE_DISPATCHES = ("grouped", "reference")
 # How the MoE layers' auxiliary losses (load balancing and z-loss) become one term of the training loss.
 ROUTER_LOSS_AGGREGATIONS = ("mean", "sum")
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+_INT_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "max_seq_len",
+               "sliding_window", "n_experts", "top_k", "moe_ffn_dim", "shared_expert_ffn_dim")
+_OPTIONAL_FIELDS = ("n_kv_heads", "head_dim", "sliding_window", "moe_ffn_dim")
+_FLOAT_FIELDS = ("rope_theta", "norm_eps", "aux_loss_coef", "z_loss_coef")
+_LARGEST_SIZE = 2**31 - 1
+_LARGEST = {"n_layers": 4096, "n_experts": 65536}
+_BOOL_FIELDS = ("qkv_bias", "tie_embeddings")
+_STR_FIELDS = ("dtype", "routing", "router_loss_aggregation", "moe_dispatch")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -77,6 +98,7 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._check_types()  # before the derived fields compute with them
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None and self.n_heads > 0:
@@ -90,12 +112,45 @@ class ModelConfig:
         self.validate()
 
     # ------------------------------------------------------------------ validation
+    def _check_types(self) -> None:
+        """Raise ValueError naming the field when a value has the wrong type (a string where a number
+        belongs, a bool for a size, an infinite float), so that no later comparison meets it."""
+
+        def fail(name: str, rule: str) -> None:
+            raise ValueError(f"ModelConfig.{name}={quoted(getattr(self, name))}: {rule}")
+
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if not (value is None and name in _OPTIONAL_FIELDS) and not _is_int(value):
+                fail(name, "must be an integer")
+            # Sizes far beyond any model would cost minutes or gigabytes before any check could fail.
+            if value is not None and value > _LARGEST.get(name, _LARGEST_SIZE):
+                fail(name, f"must be at most {_LARGEST.get(name, _LARGEST_SIZE)}")
+        for name in _FLOAT_FIELDS:
+            if not _is_finite_number(getattr(self, name)):
+                fail(name, "must be a finite number")
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be true or false")
+        for name in _STR_FIELDS:
+            if not isinstance(getattr(self, name), str):
+                fail(name, "must be a string")
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, dict):
+                fail("rope_scaling", "must be a mapping (rope_type and its parameters) or None")
+            for key, value in self.rope_scaling.items():
+                if key != "rope_type" and not (_is_finite_number(value) and value > 0):
+                    fail("rope_scaling", f"{quoted(key)} must be a positive finite number")
+        if self.moe_layers is not None:
+            if not isinstance(self.moe_layers, (list, tuple)) or not all(_is_int(i) for i in self.moe_layers):
+                fail("moe_layers", "must be a list of layer indices or None")
+
     def validate(self) -> None:
         """Raise ValueError naming the field and the rule when the config describes no possible model."""
 
         def require(ok: bool, name: str, rule: str) -> None:
             if not ok:
-                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: {rule}")
+                raise ValueError(f"ModelConfig.{name}={quoted(getattr(self, name))}: {rule}")
 
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
                      "max_seq_len"):
@@ -169,9 +224,9 @@ class ModelConfig:
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
         """Build from a plain dict (a recipe, a notebook); an unknown key is a ValueError naming it."""
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(str(k) for k in set(values) - known)
         if unknown:
-            raise ValueError(f"ModelConfig: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+            raise ValueError(f"ModelConfig: unknown field {quoted(unknown[0])} (known: {', '.join(sorted(known))})")
         return cls(**values)
 
 

@@ -213,7 +213,8 @@ def test_data_command_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert main(["data", "build", "--out", str(existing), "--cache", str(tmp_path / "cache")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["data", "build", "--out", str(tmp_path / "new"), "--check", str(tmp_path / "missing.json")]) == 2
-    assert "missing.json: not a readable manifest" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing.json" in err and err.count("\n") == 1
     assert not (tmp_path / "new").exists()
 
 

@@ -124,14 +124,15 @@ def test_half_written_checkpoints_are_never_picked_up(tmp_path):
     train(recipe, tmp_path / "run", max_steps=5, progress=False)
     ckpts = tmp_path / "run" / CHECKPOINTS
     # What a kill -9 in the middle of writing step 6 leaves, and a step directory without its state.
-    (ckpts / ".step-000006.partial-dead").mkdir()
-    (ckpts / ".step-000006.partial-dead" / "model.safetensors").write_bytes(b"half")
+    # (the names the writer gives: lab.train.state, a hidden directory with 8 hex digits of a uuid)
+    (ckpts / ".step-000006.partial-deadbeef").mkdir()
+    (ckpts / ".step-000006.partial-deadbeef" / "model.safetensors").write_bytes(b"half")
     (ckpts / "step-000007").mkdir()
     (ckpts / "step-000007" / "config.json").write_text("{}")
     assert [s for s, _ in complete_checkpoints(tmp_path / "run")] == [5]
     summary = train(recipe, tmp_path / "run", resume=True, progress=False)
     assert summary["step"] == 10 and records(tmp_path / "run", "resume")[0]["from_step"] == 5
-    assert not (ckpts / ".step-000006.partial-dead").exists()
+    assert not (ckpts / ".step-000006.partial-deadbeef").exists()
 
 
 def run_cli(*args):

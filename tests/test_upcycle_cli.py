@@ -55,7 +55,7 @@ def test_paper_router_variance_option(dense, tmp_path, capsys):
     (["--num-experts", "10", "--top-k", "5", "--granularity", "5"], "ffn_dim 96 is not divisible by --granularity 5"),
     (["--num-experts", "8", "--top-k", "3", "--granularity", "2"], "--top-k 3 is not a multiple of --granularity 2"),
     (["--router-init-std", "0"], "the router's init std must be positive"),
-    (["--drop-ratio", "1.5"], "--drop-ratio must be in [0, 1]"),
+    (["--drop-ratio", "1.5"], "--drop-ratio: must be in [0, 1]"),
     (["--every", "3"], "--every 3: must be in [1, n_layers=2]"),
     (["MOE"], "the source is already a Mixture of Experts"),
     (["EXISTS"], "already exists"),

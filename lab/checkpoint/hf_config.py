@@ -13,10 +13,11 @@ Which type the lab writes follows from the config, never from a name:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lab.config import ROPE_SCALINGS, ModelConfig
-from lab.errors import CheckpointError
+from lab.errors import CheckpointError, quoted
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe")
 ARCHITECTURES = {
@@ -33,82 +34,129 @@ _DEFAULT_NORM_EPS = {"llama": 1e-6, "mistral": 1e-6, "qwen2": 1e-6, "mixtral": 1
 _PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
-def _rope(d: dict, model_type: str, source: str) -> tuple[float, dict | None]:
+class _Fields:
+    """Typed reads of a config.json dict: a wrong type names the file and the key, and quotes the value short."""
+
+    def __init__(self, d: dict[str, Any], source: str):
+        self.d, self.source = d, source
+
+    def fail(self, key: str, rule: str) -> CheckpointError:
+        return CheckpointError(f"{self.source}: {key} {rule}, got {quoted(self.d.get(key))}")
+
+    def get(self, key: str, kind: str, default: Any = None, d: dict | None = None) -> Any:
+        """d[key] checked as `kind` ("int", "number", "bool", "str", "ints", "mapping"); `default` when absent or null."""
+        d = self.d if d is None else d
+        value = d.get(key)
+        if value is None:
+            return default
+        ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                   and math.isfinite(v)),
+              "bool": lambda v: isinstance(v, bool),
+              "str": lambda v: isinstance(v, str),
+              "ints": lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v),
+              "mapping": lambda v: isinstance(v, dict)}[kind](value)
+        if not ok:
+            words = {"int": "an integer", "number": "a finite number", "bool": "true or false", "str": "a string",
+                     "ints": "a list of integers", "mapping": "a mapping"}[kind]
+            raise CheckpointError(f"{self.source}: {key} must be {words}, got {quoted(value)}")
+        return value
+
+    def need(self, key: str, kind: str, model_type: str) -> Any:
+        value = self.get(key, kind)
+        if value is None:
+            raise CheckpointError(f"{self.source}: missing field {key!r} (required for model_type {model_type!r})")
+        return value
+
+
+def _rope(f: _Fields, model_type: str) -> tuple[float, dict | None]:
     """(theta, scaling) from transformers 5.x `rope_parameters` or 4.x `rope_theta` + `rope_scaling`."""
-    params = dict(d.get("rope_parameters") or {})
-    scaling = dict(d.get("rope_scaling") or {})
+    params = dict(f.get("rope_parameters", "mapping", {}))
+    scaling = dict(f.get("rope_scaling", "mapping", {}))
     merged = {**scaling, **params}
+    where = "rope_parameters" if params else "rope_scaling"
     rope_type = merged.pop("rope_type", None) or merged.pop("type", None) or "default"
-    theta = float(merged.pop("rope_theta", d.get("rope_theta") or _DEFAULT_ROPE_THETA[model_type]))
+    top_level = f.get("rope_theta", "number", _DEFAULT_ROPE_THETA[model_type])  # checked even when shadowed
+    theta = f.get("rope_theta", "number", None, merged) if "rope_theta" in merged else None
+    theta = float(top_level if theta is None else theta)
     if rope_type == "default":
         return theta, None
     if rope_type not in ROPE_SCALINGS:
-        raise CheckpointError(f"{source}: RoPE type {rope_type!r} is not supported "
+        raise CheckpointError(f"{f.source}: RoPE type {quoted(rope_type)} is not supported "
                               f"(supported: default, {', '.join(ROPE_SCALINGS)})")
-    return theta, {"rope_type": rope_type, **{k: merged[k] for k in ROPE_SCALINGS[rope_type] if k in merged}}
+    values = {k: f.get(k, "number", None, merged) for k in ROPE_SCALINGS[rope_type] if k in merged}
+    for k, v in values.items():
+        if v is None or v <= 0:
+            raise CheckpointError(f"{f.source}: {where}.{k} must be a positive number, got {quoted(v)}")
+    return theta, {"rope_type": rope_type, **values}
 
 
 def config_from_hf(d: dict[str, Any], source: str) -> tuple[ModelConfig, str]:
     """Read a config.json dict; returns the lab's config and the Hugging Face model type.
 
-    `source` names the file in error messages.
+    Every field is read with its type checked (`_Fields`): a malformed file is a CheckpointError naming
+    `source` and the key, never a TypeError further on.
     """
+    f = _Fields(d, source)
     model_type = d.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(f"{source}: unsupported model_type {model_type!r} "
+        raise CheckpointError(f"{source}: unsupported model_type {quoted(model_type)} "
                               f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
 
-    def need(key: str) -> Any:
-        if d.get(key) is None:
-            raise CheckpointError(f"{source}: missing field {key!r} (required for model_type {model_type!r})")
-        return d[key]
+    def need(key: str, kind: str = "int") -> Any:
+        return f.need(key, kind, model_type)
 
-    if d.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"{source}: hidden_act {d['hidden_act']!r} is not supported (SwiGLU needs 'silu')")
-    if model_type == "llama" and (d.get("attention_bias") or d.get("mlp_bias")):
+    hidden_act = f.get("hidden_act", "str", "silu")
+    if hidden_act != "silu":
+        raise CheckpointError(f"{source}: hidden_act {quoted(hidden_act)} is not supported (SwiGLU needs 'silu')")
+    if model_type == "llama" and (f.get("attention_bias", "bool") or f.get("mlp_bias", "bool")):
         raise CheckpointError(f"{source}: llama with attention_bias/mlp_bias is not supported "
                               "(the lab's decoder has biases on q/k/v only)")
-    if model_type in ("qwen2", "qwen2_moe") and d.get("use_sliding_window"):
+    if model_type in ("qwen2", "qwen2_moe") and f.get("use_sliding_window", "bool"):
         raise CheckpointError(f"{source}: use_sliding_window=true is not supported for {model_type}")
 
     n_heads = need("num_attention_heads")
-    rope_theta, rope_scaling = _rope(d, model_type, source)
+    rope_theta, rope_scaling = _rope(f, model_type)
+    dtype = f.get("dtype", "str") or f.get("torch_dtype", "str") or "float32"
     fields: dict[str, Any] = dict(
         vocab_size=need("vocab_size"),
         dim=need("hidden_size"),
         n_layers=need("num_hidden_layers"),
         n_heads=n_heads,
-        n_kv_heads=d.get("num_key_value_heads") or n_heads,
-        head_dim=d.get("head_dim") or None,
+        n_kv_heads=f.get("num_key_value_heads", "int") or n_heads,
+        head_dim=f.get("head_dim", "int") or None,
         ffn_dim=need("intermediate_size"),
-        qkv_bias=model_type == "qwen2" or (model_type == "qwen2_moe" and d.get("qkv_bias", True)),
+        qkv_bias=model_type == "qwen2" or (model_type == "qwen2_moe" and f.get("qkv_bias", "bool", True)),
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
-        norm_eps=float(d.get("rms_norm_eps") or _DEFAULT_NORM_EPS[model_type]),
-        max_seq_len=d.get("max_position_embeddings") or 2048,
-        tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-        sliding_window=d.get("sliding_window") if model_type in ("mistral", "mixtral") else None,
-        dtype=str(d.get("dtype") or d.get("torch_dtype") or "float32"),
-        extra={k: d[k] for k in _PASSTHROUGH if k in d},
+        norm_eps=float(f.get("rms_norm_eps", "number") or _DEFAULT_NORM_EPS[model_type]),
+        max_seq_len=f.get("max_position_embeddings", "int") or 2048,
+        tie_embeddings=f.get("tie_word_embeddings", "bool", False),
+        sliding_window=f.get("sliding_window", "int") if model_type in ("mistral", "mixtral") else None,
+        dtype=dtype,
+        extra={k: d[k] for k in _PASSTHROUGH if k in d and (d[k] is None or f.get(k, "int") is not None
+                                                            or f.get(k, "ints") is not None)},
     )
     if model_type == "mixtral":
         fields.update(n_experts=need("num_local_experts"), top_k=need("num_experts_per_tok"),
                       routing="topk_softmax", moe_ffn_dim=fields["ffn_dim"])
     elif model_type == "qwen2_moe":
-        n_layers, step = fields["n_layers"], d.get("decoder_sparse_step") or 1
-        dense_layers = set(d.get("mlp_only_layers") or ())
+        n_layers, step = fields["n_layers"], f.get("decoder_sparse_step", "int") or 1
+        if step < 1:
+            raise f.fail("decoder_sparse_step", "must be a positive integer")
+        dense_layers = set(f.get("mlp_only_layers", "ints") or ())
         fields.update(
             n_experts=need("num_experts"), top_k=need("num_experts_per_tok"),
-            routing="topk_softmax" if d.get("norm_topk_prob", False) else "softmax_topk",
+            routing="topk_softmax" if f.get("norm_topk_prob", "bool", False) else "softmax_topk",
             moe_ffn_dim=need("moe_intermediate_size"),
-            shared_expert_ffn_dim=d.get("shared_expert_intermediate_size") or 0,
+            shared_expert_ffn_dim=f.get("shared_expert_intermediate_size", "int") or 0,
             moe_layers=tuple(i for i in range(n_layers) if i not in dense_layers and (i + 1) % step == 0),
         )
     if fields.get("n_experts"):
-        fields["aux_loss_coef"] = float(d.get("router_aux_loss_coef", 0.001))
-        fields["z_loss_coef"] = float(d.get("router_z_loss_coef", 0.01))
+        fields["aux_loss_coef"] = float(f.get("router_aux_loss_coef", "number", 0.001))
+        fields["z_loss_coef"] = float(f.get("router_z_loss_coef", "number", 0.01))
         # A lab-only key: absent in every checkpoint written before it existed, which averaged.
-        fields["router_loss_aggregation"] = d.get("router_loss_aggregation", "mean")
+        fields["router_loss_aggregation"] = f.get("router_loss_aggregation", "str", "mean")
     try:
         return ModelConfig(**fields), model_type
     except ValueError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -23,7 +24,8 @@ from lab.checkpoint.hf_config import config_from_hf, config_to_hf, hf_model_type
 from lab.checkpoint.hf_names import filler_tensors, tensor_maps
 from lab.checkpoint.safetensors_stream import TensorEntry, write_safetensors
 from lab.config import ModelConfig
-from lab.errors import CheckpointError
+from lab.errors import CheckpointError, quoted
+from lab.json_input import read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -49,10 +51,7 @@ class SafetensorsReader:
         self.directory = directory
         index = directory / INDEX_FILE
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+            weight_map = _read_weight_map(index)
             files = sorted(set(weight_map.values()))
         elif (directory / SINGLE_FILE).is_file():
             files, weight_map = [SINGLE_FILE], None
@@ -70,7 +69,7 @@ class SafetensorsReader:
             try:
                 self._handles[name] = self._stack.enter_context(safe_open(str(path), framework="pt"))
             except Exception as e:  # safetensors raises its own error types for corrupt headers
-                raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+                raise CheckpointError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
         if weight_map is None:
             weight_map = {key: SINGLE_FILE for key in self._handles[SINGLE_FILE].keys()}
         self.weight_map: dict[str, str] = weight_map
@@ -90,16 +89,47 @@ class SafetensorsReader:
         return tuple(self._handle(key).get_slice(key).get_shape())
 
     def dtype(self, key: str) -> str:
+        """The tensor's dtype name; only the weight dtypes the lab computes in (F32, BF16, F16) are accepted."""
         raw = self._handle(key).get_slice(key).get_dtype()
-        return _DTYPE_NAMES.get(raw, raw)
+        if raw not in _DTYPE_NAMES:
+            raise CheckpointError(f"{self.directory / self.weight_map[key]}: tensor {key!r} has dtype {quoted(raw)} "
+                                  f"(weights must be one of {', '.join(_DTYPE_NAMES)})")
+        return _DTYPE_NAMES[raw]
 
-    def get(self, key: str, expected_shape: tuple[int, ...]) -> torch.Tensor:
-        """The tensor `key`, after checking its shape against what the config implies."""
+    def get(self, key: str, expected_shape: tuple[int, ...], *, finite: bool = True) -> torch.Tensor:
+        """The tensor `key`, after checking its shape against what the config implies and (with `finite`)
+        that it holds no NaN or infinity: a model that computes NaN from its first step is a broken
+        file, not a learning rate to tune."""
         shape = self.shape(key)
         if shape != tuple(expected_shape):
             raise CheckpointError(f"{self.directory / self.weight_map[key]}: tensor {key!r} has shape "
                                   f"{list(shape)}, config.json implies {list(expected_shape)}")
-        return self._handle(key).get_tensor(key)
+        self.dtype(key)
+        tensor = self._handle(key).get_tensor(key)
+        if finite and not all_finite(tensor):
+            raise CheckpointError(f"{self.directory / self.weight_map[key]}: tensor {key!r} holds NaN or "
+                                  "infinite values")
+        return tensor
+
+
+def all_finite(tensor: torch.Tensor, chunk: int = 2**24) -> bool:
+    """Whether every value is finite, checked in chunks (the mask of a whole large tensor would double it)."""
+    flat = tensor.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """The `weight_map` of a safetensors index: tensor name -> a file name in the same directory."""
+    weight_map = read_json(index, error=CheckpointError).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: weight_map must be a non-empty mapping of tensor names to files, "
+                              f"got {quoted(weight_map)}")
+    for key, name in weight_map.items():
+        # A file name only: an index must not point outside its checkpoint directory.
+        if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+            raise CheckpointError(f"{index}: weight_map[{quoted(key)}] must be a file name in the "
+                                  f"checkpoint directory, got {quoted(name)}")
+    return weight_map
 
 
 def read_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
@@ -110,13 +140,7 @@ def read_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (not a Hugging Face checkpoint directory)")
-    try:
-        d = json.loads(config_file.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{config_file}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{config_file}: expected a JSON object")
-    return config_from_hf(d, str(config_file))
+    return config_from_hf(read_json(config_file, error=CheckpointError), str(config_file))
 
 
 def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
@@ -169,12 +193,71 @@ def tokenizer_files(directory: str | os.PathLike) -> list[Path]:
     return [Path(directory) / name for name in TOKENIZER_FILES if (Path(directory) / name).is_file()]
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse an existing non-empty output directory unless `overwrite` (call it before any work)."""
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False, inputs: tuple = ()) -> Path:
+    """Refuse an existing non-empty output directory unless `overwrite`, and an output that equals,
+    contains or lies inside one of `inputs` (replacing it would delete the input, even with
+    `overwrite`). Call it before any work."""
     path = Path(path)
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())) and not overwrite:
+    check_output_apart(path, *inputs)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: exists and is not a directory")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CheckpointError(f"{path}: {parent} is not a directory")
+    if path.exists() and any(path.iterdir()) and not overwrite:
         raise CheckpointError(f"{path}: already exists (choose another directory, or overwrite it explicitly)")
     return path
+
+
+def check_output_apart(output: str | os.PathLike, *inputs: str | os.PathLike) -> None:
+    """Refuse an output path that is, holds or sits inside any input path (symbolic links resolved)."""
+    out = Path(output).resolve()
+    for given in inputs:
+        src = Path(given).resolve()
+        if out == src:
+            raise CheckpointError(f"{output}: is the input {given} itself; write to another directory")
+        if out in src.parents:
+            raise CheckpointError(f"{output}: contains the input {given}; write to another directory")
+        if src in out.parents:
+            raise CheckpointError(f"{output}: lies inside the input {given}; write to another directory")
+
+
+# Temporary siblings of an output directory: `.NAME.tmp-PID-XXXXXXXX` while it is written and
+# `.NAME.old-PID-XXXXXXXX` while it is replaced (the PID tells a live writer from a killed one; names
+# without it come from versions of the lab that did not record it).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")
+
+
+def temporary_sibling(path: Path, kind: str) -> Path:
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of output `path` left by killed writers (not a live writer's)."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for entry in path.parent.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is None or match["name"] != path.name or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = match["pid"]
+        if pid is not None and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[TensorEntry], *,
@@ -193,9 +276,11 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
     names = ([SINGLE_FILE] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     total = sum(e.nbytes for e in entries)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    remove_stale_temporaries(path)
+    tmp = temporary_sibling(path, "tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
+        tmp.mkdir()
         with tqdm(total=total, unit="B", unit_scale=True, desc=progress,
                   disable=True if progress is None else None) as bar:
             for name, shard in zip(names, shards):
@@ -262,7 +347,7 @@ def replace_dir(new: Path, path: Path) -> None:
     if not path.exists():
         new.rename(path)
         return
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    old = temporary_sibling(path, "old")
     path.rename(old)
     new.rename(path)
     shutil.rmtree(old, ignore_errors=True)

@@ -29,14 +29,12 @@ def print_table(manifest: dict) -> None:
 def build(args: argparse.Namespace) -> None:
     from lab.corpus.build import build as build_corpus, compare_manifests
     from lab.corpus.shards import read_manifest
-    from lab.errors import LabError
 
     reference = None
     if args.check is not None:
-        try:
-            reference = json.loads(args.check.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise LabError(f"{args.check}: not a readable manifest ({e})") from None
+        from lab.json_input import read_json
+
+        reference = read_json(args.check)
     manifest = build_corpus(args.out, args.cache, overwrite=args.force,
                             log=(lambda *a: None) if args.quiet else lambda line: print(line, flush=True))
     if not args.quiet:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lab.commands import non_negative_float, positive_int, probability
-from lab.errors import LabError
+from lab.commands import non_negative_float, parameter_count, positive_int, probability, seed
+from lab.errors import LabError, quoted
 
 ORDER = 20
 
@@ -16,30 +16,45 @@ def run(args: argparse.Namespace) -> None:
 
     import lab
 
+    from lab.checkpoint import read_config
+
+    cfg, _ = read_config(args.path)  # the checkpoint's shape, before anything large is read
     tokenizer = None
     if args.prompt is not None:
         tokenizer_file = Path(args.path) / "tokenizer.json"
         if not tokenizer_file.is_file():
             raise LabError(f"{args.path}: no tokenizer.json to encode --prompt; give token ids with --ids")
-        from tokenizers import Tokenizer
+        from lab.data import load_tokenizer
 
-        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        tokenizer = load_tokenizer(tokenizer_file)
         ids = tokenizer.encode(args.prompt).ids
     else:
         try:
             ids = [int(t) for t in args.ids.replace(",", " ").split()]
         except ValueError:
-            raise LabError(f"--ids: expected integers separated by commas or spaces, got {args.ids!r}") from None
+            raise LabError(f"--ids: expected integers separated by commas or spaces, got {quoted(args.ids)}") from None
     if not ids:
         raise LabError("the prompt is empty")
+    if max(ids) >= cfg.vocab_size or min(ids) < 0:
+        raise LabError(f"token ids must be in [0, {cfg.vocab_size}), got {max(ids) if max(ids) >= cfg.vocab_size else min(ids)}")
+    if not args.no_resource_check:
+        _check_memory(cfg, len(ids) + args.max_new_tokens)
     model = lab.load_pretrained(args.path)
-    if max(ids) >= model.config.vocab_size or min(ids) < 0:
-        raise LabError(f"token ids must be in [0, {model.config.vocab_size}), got {max(ids)}")
     out = lab.generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
                        top_p=args.top_p, eos_token_id=model.config.extra.get("eos_token_id"),
                        generator=torch.Generator().manual_seed(args.seed))
     tokens = out[0].tolist()
     print(tokenizer.decode(tokens) if tokenizer else " ".join(map(str, tokens)))
+
+
+def _check_memory(cfg, positions: int) -> None:
+    """The weights and the KV cache, which is allocated whole for every position up front (lab.kv_cache)."""
+    from lab.resources import check_memory
+
+    itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.dtype]
+    cache = 2 * cfg.n_layers * cfg.n_kv_heads * positions * cfg.head_dim * itemsize
+    check_memory(parameter_count(cfg) * itemsize + cache,
+                 f"generating {positions:,} positions (weights and a KV cache of {cache / 1e9:.2f} GB)")
 
 
 def add_parser(subparsers) -> None:
@@ -52,5 +67,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=40)
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 means greedy (default)")
     p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass, in (0, 1]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--no-resource-check", action="store_true",
+                   help="generate even when the weights and the KV cache look larger than the free memory")
     p.set_defaults(func=run)

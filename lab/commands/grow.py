@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from lab.commands import (add_output_arguments, non_negative_float, parameter_count, positive_int,
-                          verify_if_asked)
+from lab.commands import (add_output_arguments, check_output_resources, check_verify_request, non_negative_float,
+                          parameter_count, positive_int, seed, verify_if_asked)
 
 ORDER = 30
 
@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> None:
     from lab.checkpoint.io import check_output_dir
     from lab.growth import grow_checkpoint, plan_growth
 
-    check_output_dir(args.out, args.force)
+    check_output_dir(args.out, args.force, inputs=(args.src,))
+    check_verify_request(args)
     source, model_type = read_config(args.src)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> None:
     t = plan.target
     heads = ("q heads grow inside each kv group" if plan.grouped_heads and t.n_heads > source.n_heads
              else "kv heads grow with the heads" if t.n_heads > source.n_heads else "heads kept")
+    check_output_resources(args, plan.target.replace(dtype=source.dtype), model_type)
     print(f"grow {args.src} ({model_type}, {_shape(source)}) -> {args.out}")
     print(f"  target: {_shape(t)} ({heads})")
     print(f"  method {plan.method}, {_order(plan)}, map {plan.map}, noise {plan.noise:g}, seed {plan.seed}")
@@ -78,6 +80,6 @@ def add_parser(subparsers) -> None:
                         "random (bert2BERT, seeded)")
     p.add_argument("--noise", type=non_negative_float, default=0.0,
                    help="symmetric noise on the split copies, relative to each weight's std (keeps the function)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the random map and the noise")
+    p.add_argument("--seed", type=seed, default=0, help="seeds the random map and the noise")
     add_output_arguments(p)
     p.set_defaults(func=run)

@@ -20,13 +20,19 @@ def export(args: argparse.Namespace) -> None:
 
 
 def list_all(args: argparse.Namespace) -> None:
-    import json
-
+    from lab.json_input import read_json
     from lab.sources import SOURCE_RUNS_DIR, list_sources
 
     for path in list_sources():
         meta = SOURCE_RUNS_DIR / path.name / "meta.json"
-        loss = json.loads(meta.read_text())["shipped_validation_loss"]["full"]["mean"] if meta.is_file() else None
+        loss = None
+        if meta.is_file():
+            try:
+                loss = read_json(meta)["shipped_validation_loss"]["full"]["mean"]
+            except (KeyError, TypeError):
+                loss = None
+            if not isinstance(loss, (int, float)) or isinstance(loss, bool):
+                loss = None
         print(f"{path.name:<20} {'' if loss is None else f'mean validation loss {loss:.4f}'}")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from lab.commands import (add_output_arguments, non_negative_float, parameter_count, positive_int,
-                          verify_if_asked)
+from lab.commands import (add_output_arguments, check_output_resources, check_verify_request, fraction,
+                          non_negative_float, parameter_count, positive_int, seed, verify_if_asked)
 from lab.config import ROUTER_LOSS_AGGREGATIONS
 
 ORDER = 40
@@ -30,10 +30,12 @@ def run(args: argparse.Namespace) -> None:
     from lab.upcycle.granularity import expert_scale
 
     plan = _plan(args)
-    check_output_dir(args.out, overwrite=args.force)
+    check_output_dir(args.out, overwrite=args.force, inputs=(args.src,))
+    check_verify_request(args)
     source, source_type = read_config(args.src)
     target = upcycle_config(source, plan)  # every check, before any work
     model_type, why = output_model_type(target)
+    check_output_resources(args, target, model_type)
     scale = expert_scale(plan.routing, plan.n_experts, plan.granularity, plan.top_k) if plan.weight_scaling else 1.0
     layers = "all" if target.n_moe_layers == target.n_layers else str(list(target.moe_layers))
     print(f"upcycle {args.src} ({source_type}, {source.n_layers} layers, dim {source.dim}, "
@@ -76,7 +78,7 @@ def add_parser(subparsers) -> None:
                         help="the same as a variance; the AquilaMoE paper's words are 'variance 0.02' (std 0.141)")
     p.add_argument("--no-weight-scaling", action="store_true",
                    help="do not scale the experts' down projections (by G for topk_softmax, E*G/k for softmax_topk)")
-    p.add_argument("--drop-ratio", type=non_negative_float, default=0.0,
+    p.add_argument("--drop-ratio", type=fraction, default=0.0,
                    help="Drop-Upcycling: fraction of each expert's intermediate units re-initialised (0 to 1)")
     p.add_argument("--noise", type=non_negative_float, default=0.0,
                    help="add Normal(0, NOISE * std of the dense weight) to every expert weight")
@@ -87,6 +89,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--router-loss-aggregation", choices=ROUTER_LOSS_AGGREGATIONS, default="mean",
                    help="how the MoE layers' load-balancing and z-losses combine: sum (Megatron's, AquilaMoE's: "
                         "each layer adds coef x its loss) or mean (default: 1/n_layers of that pressure)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the routers, dropped units and noise")
+    p.add_argument("--seed", type=seed, default=0, help="seeds the routers, dropped units and noise")
     add_output_arguments(p)
     p.set_defaults(func=run)

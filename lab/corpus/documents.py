@@ -27,66 +27,62 @@ from lab.corpus.text import DOCBOOK_MAIN, html_main_text, render_rst, rst_sectio
 # ----- english ---------------------------------------------------------------------------------------
 
 
-def python_doc_documents(root: Path, version: str) -> list[dict]:
-    sources = root / "usr/share/doc/python3.11/html/_sources"
+# A page longer than this is cut at its section titles; shorter ones stay one document.
+LONG_PAGE_CHARS = 30_000
+# Shorter pieces (navigation stubs, empty sections) carry no prose worth training on.
+MIN_PAGE_CHARS = 200
+
+
+def rst_source_documents(sources: Path, name: str, skip: tuple[str, ...] = ()) -> list[dict]:
+    """Sphinx's `_sources/*.rst.txt` under `sources`, rendered as help() shows them, one document per section."""
     docs = []
     for path in sorted(sources.rglob("*.rst.txt")):
         rel = path.relative_to(sources).as_posix()
-        if rel.startswith("whatsnew/changelog"):  # one-line entries naming issue numbers, not prose
+        if rel.startswith(skip):
             continue
         for n, section in enumerate(rst_sections(render_rst(path.read_text(encoding="utf-8")))):
-            docs.append({"domain": "english", "source": f"python3.11-doc-{version}/{rel}#{n}", "text": section})
+            docs.append({"domain": "english", "source": f"{name}/{rel}#{n}", "text": section})
     return docs
 
 
-def django_doc_documents(root: Path, version: str) -> list[dict]:
-    pages = root / "usr/share/doc/python-django-doc/html"
+def page_documents(pages: Path, pattern: str, name: str, page_text, skip: tuple[str, ...] = ()) -> list[dict]:
+    """Every page under `pages` matching `pattern`, as `page_text(raw)` gives its text: one document, or
+    one per section when the page is long; pieces under MIN_PAGE_CHARS are dropped."""
     docs = []
-    for path in sorted(pages.rglob("*.html")):
+    for path in sorted(pages.rglob(pattern)):
         rel = path.relative_to(pages).as_posix()
-        if rel.startswith(("_", "genindex", "py-modindex", "search")):
+        if rel.startswith(skip):
             continue
-        text = html_main_text(path.read_text(encoding="utf-8", errors="replace"))
-        for n, section in enumerate(rst_sections(text) if len(text) > 30_000 else [text]):
-            if len(section) >= 200:
-                docs.append({"domain": "english", "source": f"python-django-doc-{version}/{rel}#{n}",
-                             "text": section})
+        text = page_text(path.read_text(encoding="utf-8", errors="replace"))
+        for n, section in enumerate(rst_sections(text) if len(text) > LONG_PAGE_CHARS else [text]):
+            if len(section) >= MIN_PAGE_CHARS:
+                docs.append({"domain": "english", "source": f"{name}/{rel}#{n}", "text": section})
     return docs
+
+
+def python_doc_documents(root: Path, version: str) -> list[dict]:
+    # The changelog's one-line entries name issue numbers; they are not prose.
+    return rst_source_documents(root / "usr/share/doc/python3.11/html/_sources", f"python3.11-doc-{version}",
+                                skip=("whatsnew/changelog",))
 
 
 def sphinx_doc_documents(root: Path, version: str) -> list[dict]:
-    sources = root / "usr/share/doc/sphinx-doc/html/_sources"
-    docs = []
-    for path in sorted(sources.rglob("*.rst.txt")):
-        rel = path.relative_to(sources).as_posix()
-        for n, section in enumerate(rst_sections(render_rst(path.read_text(encoding="utf-8")))):
-            docs.append({"domain": "english", "source": f"sphinx-doc-{version}/{rel}#{n}", "text": section})
-    return docs
+    return rst_source_documents(root / "usr/share/doc/sphinx-doc/html/_sources", f"sphinx-doc-{version}")
+
+
+def django_doc_documents(root: Path, version: str) -> list[dict]:
+    return page_documents(root / "usr/share/doc/python-django-doc/html", "*.html", f"python-django-doc-{version}",
+                          html_main_text, skip=("_", "genindex", "py-modindex", "search"))
 
 
 def postgresql_doc_documents(root: Path, version: str) -> list[dict]:
     pages = next((root / "usr/share/doc").glob("postgresql-doc-*/html"))
-    docs = []
-    for path in sorted(pages.rglob("*.html")):
-        rel = path.relative_to(pages).as_posix()
-        text = html_main_text(path.read_text(encoding="utf-8", errors="replace"), *DOCBOOK_MAIN)
-        for n, section in enumerate(rst_sections(text) if len(text) > 30_000 else [text]):
-            if len(section) >= 200:
-                docs.append({"domain": "english", "source": f"postgresql-doc-{version}/{rel}#{n}",
-                             "text": section})
-    return docs
+    return page_documents(pages, "*.html", f"postgresql-doc-{version}",
+                          lambda raw: html_main_text(raw, *DOCBOOK_MAIN))
 
 
 def git_doc_documents(root: Path, version: str) -> list[dict]:
-    pages = root / "usr/share/doc/git-doc"
-    docs = []
-    for path in sorted(pages.rglob("*.txt")):
-        rel = path.relative_to(pages).as_posix()
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
-        for n, section in enumerate(rst_sections(text) if len(text) > 30_000 else [text]):
-            if len(section) >= 200:
-                docs.append({"domain": "english", "source": f"git-doc-{version}/{rel}#{n}", "text": section})
-    return docs
+    return page_documents(root / "usr/share/doc/git-doc", "*.txt", f"git-doc-{version}", str.strip)
 
 
 # ----- chinese ---------------------------------------------------------------------------------------

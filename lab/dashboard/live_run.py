@@ -2,18 +2,20 @@
 metrics arrive.
 
 One process at a time for the whole server (it is CPU-heavy), a training at most `MAX_STEPS` steps,
-written to a fresh directory under the system's temporary folder (never into the runs directory,
-which may hold reference runs). The charts re-read the metrics every few seconds (each run directory
+written to a private directory made by `tempfile.mkdtemp` (never into the runs directory, which may
+hold reference runs, and never at a name another user could predict and plant a link at). Starting
+is atomic: a lock makes "is one running? if not, start one" a single step, whatever the clicks. The charts re-read the metrics every few seconds (each run directory
 under the job's: a pipeline's stages and baseline train as runs of their own); the last line being
 written is simply waited for.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -33,30 +35,43 @@ REFRESH_S = 3
 
 @st.cache_resource
 def _job() -> dict:
-    """The server's one background run: {"proc": Popen, "dir": Path, "log": Path} once started."""
-    return {}
+    """The server's one background run: {"proc": Popen, "dir": Path, "log": Path} once started, and
+    "lock", held while a run is checked for and started."""
+    return {"lock": threading.Lock()}
 
 
-def start(recipe: str, steps: int | None) -> None:
-    """Start `python -m lab train` (`steps` steps) or, with `steps=None`, `python -m lab pipeline`."""
+def start(recipe: str, steps: int | None) -> bool:
+    """Start `python -m lab train` (`steps` steps) or, with `steps=None`, `python -m lab pipeline`; False
+    (and nothing started) when a run is going already."""
     job = _job()
-    out = Path(tempfile.gettempdir()) / "efficientscale-live" / f"{Path(recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".log")
-    recipe_path = DATA_DIR.parent / "recipes" / recipe
-    if steps is None:
-        cmd = ["pipeline", "--recipe", str(recipe_path), "--out", str(out), "--quiet"]
-    else:
-        cmd = ["train", "--recipe", str(recipe_path), "--out", str(out), "--max-steps", str(min(steps, MAX_STEPS))]
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "lab", *cmd], stdout=f, stderr=subprocess.STDOUT,
-                                cwd=DATA_DIR.parent, start_new_session=True)
-    job.update(proc=proc, dir=out, log=log)
+    with job["lock"]:
+        if _running(job):
+            return False
+        # mkdtemp: a new directory only this user can enter, at a name nobody can guess in advance.
+        home = Path(tempfile.mkdtemp(prefix=f"efficientscale-live-{Path(recipe).stem}-"))
+        out, log = home / "run", home / "log.txt"
+        recipe_path = DATA_DIR.parent / "recipes" / recipe
+        if steps is None:
+            cmd = ["pipeline", "--recipe", str(recipe_path), "--out", str(out), "--quiet"]
+        else:
+            cmd = ["train", "--recipe", str(recipe_path), "--out", str(out), "--max-steps",
+                   str(min(steps, MAX_STEPS))]
+        # O_EXCL and O_NOFOLLOW: the log is a new file, never an existing one or a link's target.
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as f:
+            proc = subprocess.Popen([sys.executable, "-m", "lab", *cmd], stdout=f, stderr=subprocess.STDOUT,
+                                    cwd=DATA_DIR.parent, start_new_session=True)
+        job.update(proc=proc, dir=out, log=log)
+        return True
+
+
+def _running(job: dict) -> bool:
+    proc = job.get("proc")
+    return proc is not None and proc.poll() is None
 
 
 def running() -> bool:
-    proc = _job().get("proc")
-    return proc is not None and proc.poll() is None
+    return _running(_job())
 
 
 def watch() -> None:
@@ -65,7 +80,8 @@ def watch() -> None:
     proc = job["proc"]
     status = "running" if proc.poll() is None else f"finished (exit code {proc.returncode})"
     st.caption(f"`{out}`: {status}")
-    runs = [sources.read_run(p, p.relative_to(out).as_posix() if p != out else out.name) for p in find_runs(out)]
+    runs = [sources.read_run(p, p.relative_to(out).as_posix() if p != out else out.name)
+            for p in find_runs(out)] if out.is_dir() else []
     runs = [r for r in runs if r.metrics.records]
     if not runs:
         st.info("waiting for the first records (a run evaluates before its first step)...")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
+from lab.field_rules import non_negative, one_of, positive, rule  # noqa: F401 (the experiments import them from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 # The dense source every experiment starts from (a shipped source, `python -m lab sources list`), and the
@@ -32,23 +33,6 @@ DEFAULT_SOURCE = "data/sources/source-deep"
 DEFAULT_TOKENS = "data/tokens"
 SETTINGS_FILE = "settings.json"
 PATH_FIELDS = ("source", "tokens", "corpus")
-
-
-def rule(check, text: str) -> dict:
-    """Field metadata: a predicate on the value and what it demands, for the error message."""
-    return {"rule": (check, text)}
-
-
-def positive() -> dict:
-    return rule(lambda v: v > 0, "must be > 0")
-
-
-def non_negative() -> dict:
-    return rule(lambda v: v >= 0, "must be >= 0")
-
-
-def one_of(*choices: str) -> dict:
-    return rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)

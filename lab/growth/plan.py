@@ -14,11 +14,12 @@ Attention heads keep their head_dim and grow in one of two ways:
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
 from lab.config import ModelConfig
-from lab.errors import LabError
+from lab.errors import LabError, quoted
 from lab.growth.depth import DEPTH_KINDS
 from lab.growth.maps import MAP_KINDS
 
@@ -93,8 +94,8 @@ def plan_growth(source: ModelConfig, *, method: str = "fpi", dim: int | None = N
         raise LabError(f"--depth {depth!r}: must be one of {', '.join(DEPTH_KINDS)}")
     if map not in MAP_KINDS:
         raise LabError(f"--map {map!r}: must be one of {', '.join(MAP_KINDS)}")
-    if not noise >= 0:
-        raise LabError(f"--noise must be >= 0, got {noise}")
+    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+        raise LabError(f"--noise must be a finite number >= 0, got {quoted(noise)}")
     if source.is_moe:
         raise LabError(f"the source is a Mixture of Experts ({source.n_experts} experts); grow a dense "
                        "checkpoint, then upcycle it")

@@ -33,7 +33,7 @@ def grow_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathLike
     tokenizer files. `plan` must have been made from this source's config (`plan_growth`); an existing
     `output_dir` is refused unless `overwrite`, before any work.
     """
-    check_output_dir(output_dir, overwrite)
+    check_output_dir(output_dir, overwrite, inputs=(source_dir,))
     with CheckpointSource(source_dir) as source:
         mismatch = [f for f in _SHAPE_FIELDS if getattr(source.config, f) != getattr(plan.source, f)]
         if mismatch:

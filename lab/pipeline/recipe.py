@@ -41,19 +41,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from lab.config import ROUTER_LOSS_AGGREGATIONS, ModelConfig, without_later_defaults
-from lab.errors import LabError
+from lab.errors import LabError, quoted
 from lab.flops import flops_per_token
 from lab.growth import DEPTH_KINDS, MAP_KINDS, METHODS, GrowthPlan, plan_growth
 from lab.train.recipe import Recipe, load_recipe
 from lab.upcycle import UpcyclePlan, upcycle_config
+from lab.yaml_input import read_yaml
 
 STAGE_KINDS = ("preparation", "scale-up", "scale-out")
 SHARED = ("data", "optim", "train", "hardware")
@@ -142,11 +143,11 @@ def _mapping(value: Any, where: str, known: tuple[str, ...] | typing.Iterable[st
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _fail(where, f"must be a mapping, got {value!r}")
+        raise _fail(where, f"must be a mapping, got {quoted(value)}")
     known = tuple(known)
-    unknown = sorted(set(value) - set(known))
+    unknown = sorted(quoted(k) if not isinstance(k, str) else k for k in set(value) - set(known))
     if unknown:
-        raise _fail(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(known)})")
+        raise _fail(f"{where}.{unknown[0][:60]}", f"unknown key (known: {', '.join(known)})")
     return value
 
 
@@ -162,13 +163,15 @@ def _options(values: Any, kinds: dict[str, Any], where: str) -> dict:
               float: isinstance(value, (int, float)) and not isinstance(value, bool),
               bool: isinstance(value, bool), str: isinstance(value, str)}.get(kind, True)
         if not ok:
-            raise _fail(f"{where}.{key}", f"must be {_KIND_WORDS.get(kind, kind)}, got {value!r}")
+            raise _fail(f"{where}.{key}", f"must be {_KIND_WORDS.get(kind, kind)}, got {quoted(value)}")
+        if kind is float and not math.isfinite(value):
+            raise _fail(f"{where}.{key}", f"must be a finite number, got {quoted(value)}")
     return {k: float(v) if kinds[k] is float else v for k, v in values.items()}
 
 
 def _choice(values: dict, key: str, choices: tuple[str, ...], where: str) -> None:
     if key in values and values[key] not in choices:
-        raise _fail(f"{where}.{key}", f"must be one of {', '.join(choices)}, got {values[key]!r}")
+        raise _fail(f"{where}.{key}", f"must be one of {', '.join(choices)}, got {quoted(values[key])}")
 
 
 def _training_recipe(values: dict, where: str) -> Recipe:
@@ -181,6 +184,13 @@ def _training_recipe(values: dict, where: str) -> Recipe:
             key, _, rest = text[len("recipe "):].partition(": ")
             raise _fail(f"{where}.{key}" if where else key, rest) from None
         raise _fail(where or "recipe", text) from None
+
+
+def _sections(raw: dict, where: str) -> None:
+    """Every training section a stage (or the baseline) gives must be a mapping (its keys are checked later)."""
+    for name in SHARED:
+        if raw.get(name) is not None and not isinstance(raw[name], dict):
+            raise _fail(f"{where}.{name}" if where else name, f"must be a mapping, got {quoted(raw[name])}")
 
 
 def _merged(shared: dict, own: dict) -> dict:
@@ -225,9 +235,10 @@ def _first_config(recipe: Recipe, where: str) -> ModelConfig:
 def _stage(index: int, raw: Any, shared: dict, name: str, seed: int, previous: ModelConfig | None) -> Stage:
     where = f"stages[{index}]"
     raw = _mapping(raw, where, STAGE_KEYS)
-    if not isinstance(raw.get("name"), str) or not _NAME.match(raw["name"]):
+    _sections(raw, where)
+    if not isinstance(raw.get("name"), str) or not _NAME.match(raw["name"]) or len(raw["name"]) > 100:
         raise _fail(f"{where}.name",
-                    f"must be a directory name (letters, digits, '_', '.', '-'), got {raw.get('name')!r}")
+                    f"must be a directory name (letters, digits, '_', '.', '-'), got {quoted(raw.get('name'))}")
     _mapping(raw.get("data"), f"{where}.data", STAGE_DATA_KEYS)
     if "eval_sequences" in (raw.get("train") or {}):
         raise _fail(f"{where}.train.eval_sequences", "set it once for the whole pipeline (top-level train): "
@@ -241,7 +252,7 @@ def _stage(index: int, raw: Any, shared: dict, name: str, seed: int, previous: M
     action = given[0] if given[0] in ("grow", "upcycle") else "train"
     label = raw.get("stage", {"train": "preparation", "grow": "scale-up", "upcycle": "scale-out"}[action])
     if label not in STAGE_KINDS:
-        raise _fail(f"{where}.stage", f"must be one of {', '.join(STAGE_KINDS)}, got {label!r}")
+        raise _fail(f"{where}.stage", f"must be one of {', '.join(STAGE_KINDS)}, got {quoted(label)}")
     values = {"run": f"{name}-{raw['name']}", "stage": label, "seed": seed, **_merged(shared, raw)}
     if action == "train":
         values.update({k: raw[k] for k in ("model", "init_from") if raw.get(k) is not None})
@@ -265,6 +276,10 @@ def _stage(index: int, raw: Any, shared: dict, name: str, seed: int, previous: M
 def _baseline(raw: Any, shared: dict, name: str, seed: int, final: ModelConfig, flops: float) -> Recipe:
     """The final model's shape from scratch; without train.max_steps, as many steps as match `flops`."""
     raw = _mapping(raw, "baseline", BASELINE_KEYS)
+    _sections(raw, "baseline")
+    if "name" in raw and (not isinstance(raw["name"], str) or not _NAME.match(raw["name"])):
+        raise _fail("baseline.name", f"must be a directory name (letters, digits, '_', '.', '-'), "
+                    f"got {quoted(raw['name'])}")
     _mapping(raw.get("data"), "baseline.data", STAGE_DATA_KEYS)
     values = {"run": f"{name}-{raw.get('name', 'baseline')}", "stage": "baseline", "seed": seed,
               "model": final.replace(dtype="float32").to_dict(), **_merged(shared, raw)}
@@ -280,17 +295,7 @@ def _baseline(raw: Any, shared: dict, name: str, seed: int, final: ModelConfig, 
 def read_pipeline_values(source: str | os.PathLike | dict) -> dict:
     if isinstance(source, dict):
         return source
-    import yaml
-
-    path = Path(source)
-    if not path.is_file():
-        raise LabError(f"{path}: no such pipeline recipe")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        raise LabError(f"{path}: not valid YAML{f' at line {where.line + 1}' if where else ''}") from None
-    return values
+    return read_yaml(source, "pipeline recipe")
 
 
 def load_pipeline(source: str | os.PathLike | dict | Pipeline) -> Pipeline:
@@ -301,14 +306,14 @@ def load_pipeline(source: str | os.PathLike | dict | Pipeline) -> Pipeline:
     values = _mapping(values, "recipe", TOP_LEVEL)
     name = values.get("pipeline")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise _fail("pipeline", f"must name the pipeline (letters, digits, '_', '.', '-'), got {name!r}")
+        raise _fail("pipeline", f"must name the pipeline (letters, digits, '_', '.', '-'), got {quoted(name)}")
     seed = values.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise _fail("seed", f"must be an integer, got {seed!r}")
+        raise _fail("seed", f"must be an integer, got {quoted(seed)}")
     shared = {k: values.get(k) or {} for k in SHARED}
     for key in SHARED:
         if not isinstance(shared[key], dict):
-            raise _fail(key, f"must be a mapping, got {shared[key]!r}")
+            raise _fail(key, f"must be a mapping, got {quoted(shared[key])}")
     # The shared sections alone first, so that their mistakes are named as top-level keys.
     # (A stand-in model as long as the windows: the stages' own models are checked against them below.)
     seq_len = shared["data"].get("seq_len")

@@ -20,9 +20,15 @@ import time
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.json_input import read_json
+from lab.checkpoint.io import remove_stale_temporaries
+from lab.pipeline.merge import STAGES_DIR as STAGES
 from lab.pipeline.merge import stage_dir, write_merged
 from lab.pipeline.recipe import Pipeline, load_pipeline
 from lab.runs import META_FILE
+from lab.train.lock import LOCK_FILE, RunLock
+from lab.train.loop import remove_made
+from lab.train.state import remove_partial
 
 STATE_FILE = "pipeline_state.json"
 INIT_DIR = "init"
@@ -37,11 +43,12 @@ def _write_json(path: Path, value: dict) -> None:
 
 
 def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not path.is_file():
         return None
-    return value if isinstance(value, dict) else None
+    try:
+        return read_json(path)
+    except LabError:
+        return None
 
 
 def check_pipeline_dir(out: Path, pipeline: Pipeline, resume: bool) -> dict:
@@ -57,7 +64,9 @@ def check_pipeline_dir(out: Path, pipeline: Pipeline, resume: bool) -> dict:
     if state is not None:
         raise LabError(f"{out}: already holds pipeline {state.get('pipeline')!r} (pass --resume to continue it); "
                        "or choose another --out")
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise LabError(f"{out}: exists and is not a directory; choose another --out")
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise LabError(f"{out}: exists and is not an empty directory; choose another --out")
     return {"pipeline": pipeline.name, "digest": pipeline.digest(), "done": {}}
 
@@ -148,10 +157,23 @@ def run_pipeline(source, out, *, resume: bool = False, progress: bool = True, re
             write_merged(out, pipeline)
             _write_json(out / META_FILE, _meta(pipeline, state, out))
 
+    existed = out.exists()
+    lock = RunLock(out)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-    save_state()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            if not resume and _read_json(out / STATE_FILE) is not None:
+                raise LabError(f"{out}: another pipeline began there meanwhile; choose another --out")
+        except BaseException:
+            lock.release()
+            distributed.teardown(info)
+            raise
+        remove_partial(out)
+        for stage in pipeline.stages:  # what a killed growth or upcycling step left next to its output
+            remove_stale_temporaries(out / INIT_DIR / stage.name)
     try:
+        save_state()
         previous_final = None
         for stage in pipeline.stages:
             run_dir = stage_dir(out, stage.name)
@@ -173,7 +195,21 @@ def run_pipeline(source, out, *, resume: bool = False, progress: bool = True, re
             state["done"][BASELINE_DIR] = _train(pipeline.baseline, out / BASELINE_DIR, None, progress,
                                                  began[BASELINE_DIR])
             save_state()
+    except LabError:
+        # A pipeline that fails before any stage wrote a checkpoint leaves nothing behind (nothing to resume).
+        if main and not resume and not state["done"] and not _any_checkpoint(out):
+            remove_made(out, keep_dir=existed)
+            main = False  # nothing left to save
+        raise
     finally:
-        save_state()
+        if main:
+            save_state()
+        lock.release()
         distributed.teardown(info)
     return _meta(pipeline, state, out)
+
+
+def _any_checkpoint(out: Path) -> bool:
+    from lab.train.state import CHECKPOINTS
+
+    return any((out / STAGES).glob(f"*/{CHECKPOINTS}/step-*")) or any((out / BASELINE_DIR).glob(f"{CHECKPOINTS}/step-*"))

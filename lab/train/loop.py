@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -26,10 +27,11 @@ from lab.errors import LabError
 from lab.flops import active_parameters, flops_per_token, mfu
 from lab.train import state as ckpt
 from lab.train.evaluate import greedy_samples, validation_eval
-from lab.train.metrics import MetricsWriter, environment, truncate_metrics, write_meta
+from lab.train.metrics import MetricsWriter, environment, read_meta, truncate_metrics, write_meta
 from lab.train.recipe import Recipe, load_recipe
 from lab.train.schedule import learning_rate
 from lab.train.setup import base_config, build_model, check_run_dir, load_data, make_optimizer, place_model
+from lab.train.lock import RunLock
 from lab.train.signals import StopFlag, TrainingStopped
 
 
@@ -60,11 +62,29 @@ def train(recipe, out_dir, *, max_steps: int | None = None, resume: bool = False
             distributed.teardown(info)
 
 
+def remove_made(directory: Path, keep_dir: bool) -> None:
+    """Remove what a failed fresh run wrote into `directory` (which was empty or absent before it)."""
+    if not keep_dir:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for path in directory.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 class _Run:
     def __init__(self, recipe: Recipe, out: Path, info: DistInfo, stop_at: int, resume: bool, progress: bool):
         # Every check before anything is written.
         self.recipe, self.out, self.info, self.stop_at, self.progress = recipe, out, info, stop_at, progress
+        self.resume = resume
         self.resume_from = check_run_dir(out, recipe, resume)
+        # A fresh run that fails before its first checkpoint takes away what it made (nothing to resume).
+        self.fresh_dir = not resume
+        self.existed = out.exists()
+        self.lock = RunLock(out)
+        self.checkpoint: Path | None = self.resume_from
         self.cfg = base_config(recipe)
         self.data = load_data(recipe, self.cfg, info)
         distributed.barrier(info)  # no process writes before every process has checked
@@ -96,6 +116,10 @@ class _Run:
         self.metrics = MetricsWriter(self.out, recipe.run, recipe.stage, enabled=info.is_main)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+            # Checked again under the lock: another writer may have begun between the first check and now.
+            if not self.resume and read_meta(self.out) is not None:
+                raise LabError(f"{self.out}: another run began there meanwhile; choose another --out")
             ckpt.remove_partial(self.out)
             if self.resume_from is None:
                 truncate_metrics(self.out, -1)  # a run that died before its first checkpoint starts over
@@ -105,7 +129,6 @@ class _Run:
                 self._record("resume", from_step=self.step)
         self.last_train: dict = {}
         self.last_eval: dict = {}
-        self.checkpoint: Path | None = self.resume_from
 
     def _meta(self) -> dict:
         recipe = self.recipe
@@ -193,6 +216,18 @@ class _Run:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
+        try:
+            return self._run()
+        except LabError:
+            # Only under the lock: what is there otherwise belongs to the process that holds it.
+            if (self.fresh_dir and self.info.is_main and self.checkpoint is None and self.lock.held
+                    and self.out.is_dir()):
+                remove_made(self.out, keep_dir=self.existed)
+            raise
+        finally:
+            self.lock.release()
+
+    def _run(self) -> dict:
         with StopFlag() as stop:  # a signal during set-up stops the run after its first step
             self._prepare()
             if self.step == 0:

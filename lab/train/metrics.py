@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from lab.json_input import JSONInputError, read_json
 from lab.runs import META_FILE, METRICS_FILE, parse_metrics
 
 
@@ -89,10 +90,9 @@ def read_meta(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
+        return read_json(path)
+    except JSONInputError:
         return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def write_meta(run_dir: Path, meta: dict) -> None:

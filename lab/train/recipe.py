@@ -36,16 +36,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lab.config import ModelConfig, without_later_defaults
-from lab.errors import LabError
+from lab.errors import LabError, quoted
+from lab.field_rules import non_negative, one_of, positive, rule
 from lab.flops import PEAK_FLOPS
+from lab.yaml_input import read_yaml
 
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
@@ -53,72 +55,55 @@ DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "always", "never")  # auto: on CUDA only
 
 
-def _rule(check, text: str) -> dict:
-    """Field metadata: a predicate on the value and what it demands, for the error message."""
-    return {"rule": (check, text)}
-
-
-def _positive() -> dict:
-    return _rule(lambda v: v > 0, "must be > 0")
-
-
-def _non_negative() -> dict:
-    return _rule(lambda v: v >= 0, "must be >= 0")
-
-
-def _one_of(choices: tuple[str, ...]) -> dict:
-    return _rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
-
-
 @dataclass(frozen=True)
 class DataSpec:
     corpus: str | None = None
     tokenizer: str | None = None
     tokens: str | None = None
-    seq_len: int = field(default=128, metadata=_positive())
-    batch_size: int = field(default=16, metadata=_positive())
-    grad_accum: int = field(default=1, metadata=_positive())
+    seq_len: int = field(default=128, metadata=positive())
+    batch_size: int = field(default=16, metadata=positive())
+    grad_accum: int = field(default=1, metadata=positive())
 
 
 @dataclass(frozen=True)
 class OptimSpec:
-    lr: float = field(default=3e-3, metadata=_positive())
-    min_lr_ratio: float = field(default=0.1, metadata=_rule(lambda v: 0 <= v <= 1, "must be in [0, 1]"))
-    warmup_steps: int = field(default=0, metadata=_non_negative())
-    schedule: str = field(default="cosine", metadata=_one_of(SCHEDULES))
-    weight_decay: float = field(default=0.1, metadata=_non_negative())
+    lr: float = field(default=3e-3, metadata=positive())
+    min_lr_ratio: float = field(default=0.1, metadata=rule(lambda v: 0 <= v <= 1, "must be in [0, 1]"))
+    warmup_steps: int = field(default=0, metadata=non_negative())
+    schedule: str = field(default="cosine", metadata=one_of(*SCHEDULES))
+    weight_decay: float = field(default=0.1, metadata=non_negative())
     betas: tuple[float, float] = field(default=(0.9, 0.95),
-                                       metadata=_rule(lambda v: all(0 <= b < 1 for b in v), "must be in [0, 1)"))
-    eps: float = field(default=1e-8, metadata=_positive())
+                                       metadata=rule(lambda v: all(0 <= b < 1 for b in v), "must be in [0, 1)"))
+    eps: float = field(default=1e-8, metadata=positive())
     # Clip the global gradient norm to this; 0 turns clipping off.
-    grad_clip: float = field(default=1.0, metadata=_non_negative())
+    grad_clip: float = field(default=1.0, metadata=non_negative())
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    max_steps: int = field(default=100, metadata=_positive())
+    max_steps: int = field(default=100, metadata=positive())
     # 0 turns a periodic event off (evaluation and a checkpoint still happen at the last step).
-    eval_every: int = field(default=50, metadata=_non_negative())
-    eval_sequences: int = field(default=8, metadata=_positive())
-    save_every: int = field(default=100, metadata=_non_negative())
-    keep_checkpoints: int = field(default=2, metadata=_positive())
-    log_every: int = field(default=1, metadata=_positive())
-    precision: str = field(default="fp32", metadata=_one_of(PRECISIONS))
+    eval_every: int = field(default=50, metadata=non_negative())
+    eval_sequences: int = field(default=8, metadata=positive())
+    save_every: int = field(default=100, metadata=non_negative())
+    keep_checkpoints: int = field(default=2, metadata=positive())
+    log_every: int = field(default=1, metadata=positive())
+    precision: str = field(default="fp32", metadata=one_of(*PRECISIONS))
     # Greedy tokens generated per domain prompt at each evaluation; 0 turns samples off.
-    sample_tokens: int = field(default=32, metadata=_non_negative())
+    sample_tokens: int = field(default=32, metadata=non_negative())
 
 
 @dataclass(frozen=True)
 class HardwareSpec:
-    device: str = field(default="auto", metadata=_one_of(DEVICES))
+    device: str = field(default="auto", metadata=one_of(*DEVICES))
     # Peak bf16 TFLOP/s of one device, for MFU; or name a known device in `gpu` (lab.flops.PEAK_FLOPS).
-    peak_tflops: float | None = field(default=None, metadata=_rule(lambda v: v is None or v > 0, "must be > 0"))
-    gpu: str | None = field(default=None, metadata=_rule(lambda v: v is None or v in PEAK_FLOPS,
+    peak_tflops: float | None = field(default=None, metadata=rule(lambda v: v is None or v > 0, "must be > 0"))
+    gpu: str | None = field(default=None, metadata=rule(lambda v: v is None or v in PEAK_FLOPS,
                                                          f"must be one of {', '.join(PEAK_FLOPS)}"))
     compile: bool = False
     activation_checkpointing: bool = False
-    meta_init: str = field(default="auto", metadata=_one_of(SWITCHES))
-    fused_optimizer: str = field(default="auto", metadata=_one_of(SWITCHES))
+    meta_init: str = field(default="auto", metadata=one_of(*SWITCHES))
+    fused_optimizer: str = field(default="auto", metadata=one_of(*SWITCHES))
 
     @staticmethod
     def switch(value: str, device_type: str) -> bool:
@@ -193,29 +178,35 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
     if origin is tuple:
         items = typing.get_args(kind)
         if not isinstance(value, (list, tuple)) or len(value) != len(items):
-            raise LabError(f"recipe {name}: must be a list of {len(items)} numbers, got {value!r}")
+            raise LabError(f"recipe {name}: must be a list of {len(items)} numbers, got {quoted(value)}")
         return tuple(_coerce(v, t, name) for v, t in zip(value, items))
     if kind is bool:
         if not isinstance(value, bool):
-            raise LabError(f"recipe {name}: must be true or false, got {value!r}")
+            raise LabError(f"recipe {name}: must be true or false, got {quoted(value)}")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise LabError(f"recipe {name}: must be an integer, got {value!r}")
+            raise LabError(f"recipe {name}: must be an integer, got {quoted(value)}")
         return value
     if kind is float:
         # YAML 1.1 reads `3e-3` (no dot) as a string: accept any text that is a number.
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LabError(f"recipe {name}: must be a number, got {value!r}")
-        return float(value)
+            raise LabError(f"recipe {name}: must be a number, got {quoted(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond a float's range
+            number = math.inf
+        if not math.isfinite(number):
+            raise LabError(f"recipe {name}: must be a finite number, got {quoted(value)}")
+        return number
     if kind is str:
         if not isinstance(value, (str, os.PathLike)):
-            raise LabError(f"recipe {name}: must be a string, got {value!r}")
+            raise LabError(f"recipe {name}: must be a string, got {quoted(value)}")
         return str(value)
     raise TypeError(f"no coercion for {kind}")
 
@@ -225,57 +216,44 @@ def _section(cls, values: Any, prefix: str):
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise LabError(f"recipe {prefix}: must be a mapping of keys to values, got {values!r}")
+        raise LabError(f"recipe {prefix}: must be a mapping of keys to values, got {quoted(values)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(k if isinstance(k, str) else quoted(k) for k in set(values) - set(fields))
     if unknown:
-        raise LabError(f"recipe {prefix}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
+        raise LabError(f"recipe {prefix}.{unknown[0][:60]}: unknown key (known: {', '.join(fields)})")
     parsed = {}
     for key, value in values.items():
         name = f"{prefix}.{key}"
         parsed[key] = _coerce(value, hints[key], name)
         rule = fields[key].metadata.get("rule")
         if rule is not None and not rule[0](parsed[key]):
-            raise LabError(f"recipe {name}: {rule[1]}, got {value!r}")
+            raise LabError(f"recipe {name}: {rule[1]}, got {quoted(value)}")
     return cls(**parsed)
 
 
 def _model(values: Any) -> ModelConfig:
     if not isinstance(values, dict):
-        raise LabError(f"recipe model: must be a mapping of ModelConfig fields, got {values!r}")
+        raise LabError(f"recipe model: must be a mapping of ModelConfig fields, got {quoted(values)}")
     try:
         return ModelConfig.from_dict(values)
     except (ValueError, TypeError) as e:
-        raise LabError(f"recipe model: {e}") from None
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    if not path.is_file():
-        raise LabError(f"{path}: no such recipe file")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise LabError(f"{path}: not valid YAML{line} ({getattr(e, 'problem', e)})") from None
+        raise LabError(f"recipe model: {str(e)[:300]}") from None
 
 
 def load_recipe(source: str | os.PathLike | dict | Recipe) -> Recipe:
     """A validated Recipe from a YAML file, a dict of the same shape, or a Recipe (returned as is)."""
     if isinstance(source, Recipe):
         return source
-    values = _read_yaml(Path(source)) if isinstance(source, (str, os.PathLike)) else source
+    values = read_yaml(source) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(values, dict):
         raise LabError(f"recipe: must be a mapping with keys {', '.join(TOP_LEVEL)}, got {type(values).__name__}")
     if "stages" in values or "pipeline" in values:
         raise LabError("recipe: this is a pipeline recipe (it has stages); run it with "
                        "`python -m lab pipeline --recipe FILE --out DIR`")
-    unknown = sorted(set(values) - set(TOP_LEVEL))
+    unknown = sorted(k if isinstance(k, str) else quoted(k) for k in set(values) - set(TOP_LEVEL))
     if unknown:
-        raise LabError(f"recipe {unknown[0]}: unknown key (known: {', '.join(TOP_LEVEL)})")
+        raise LabError(f"recipe {unknown[0][:60]}: unknown key (known: {', '.join(TOP_LEVEL)})")
     if "run" not in values:
         raise LabError("recipe run: missing (every recipe names its run)")
     run = _coerce(values["run"], str, "run")

@@ -8,6 +8,7 @@ number of processes).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,17 +16,27 @@ import torch
 
 from lab import data, distributed
 from lab.checkpoint import load_pretrained, read_config
+from lab.checkpoint.io import check_output_apart
 from lab.config import ModelConfig
 from lab.distributed import DistInfo
 from lab.errors import LabError
 from lab.model import DecoderLM
+from lab.train.lock import LOCK_FILE
 from lab.train.metrics import read_meta
 from lab.train.recipe import Recipe
-from lab.train.state import complete_checkpoints
+from lab.train.state import checkpoint_problem, complete_checkpoints
 
 
-def check_run_dir(out: Path, recipe: Recipe, resume: bool) -> Path | None:
-    """The checkpoint to resume from (None: start at step 0), after checking `out` suits the request."""
+def check_run_dir(out: Path, recipe: Recipe, resume: bool, report=None) -> Path | None:
+    """The checkpoint to resume from (None: start at step 0), after checking `out` suits the request.
+
+    With `resume`, the newest checkpoint that reads back whole (`checkpoint_problem`); each newer one
+    that does not is passed over and `report` (default: stderr) says so.
+    """
+    if out.exists() and not out.is_dir():
+        raise LabError(f"{out}: exists and is not a directory; choose another --out")
+    if recipe.init_from is not None and recipe.init_from != "<previous stage>":
+        check_output_apart(out, recipe.init_from)
     meta = read_meta(out)
     same = meta is not None and meta.get("recipe_digest") == recipe.digest()
     if resume:
@@ -34,14 +45,23 @@ def check_run_dir(out: Path, recipe: Recipe, resume: bool) -> Path | None:
         if not same:
             raise LabError(f"{out}: holds run {meta.get('run')!r} with a different recipe "
                            f"(--resume needs the recipe the run started with)")
-        found = complete_checkpoints(out)
-        return found[-1][1] if found else None  # stopped before its first checkpoint: start over
+        for _, path in reversed(complete_checkpoints(out)):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            (report or _warn)(f"warning: checkpoint {path} cannot be read back ({problem}); "
+                              "trying the one before it")
+        return None  # stopped before its first checkpoint (or none is intact): start over
     if meta is not None:
         hint = "pass --resume to continue it" if same else "its recipe differs from this one"
         raise LabError(f"{out}: already holds run {meta.get('run')!r} ({hint}); or choose another --out")
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise LabError(f"{out}: exists and is not an empty directory; choose another --out")
     return None
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def base_config(recipe: Recipe) -> ModelConfig:

@@ -28,11 +28,13 @@ import uuid
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lab.checkpoint import write_lab_checkpoint
 from lab.checkpoint.io import tokenizer_files
 from lab.config import ModelConfig
+from lab.json_input import read_json
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
@@ -57,16 +59,51 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+# The hidden names the lab itself gives to what it is still writing in a run directory; nothing else there
+# is touched (a user's `.git/` or `.venv/` stays).
+_LEFTOVER_DIRS = re.compile(r"^\.(?:step-\d{6,}|final)\.(?:partial|old)-[0-9a-f]{8}$")
+_LEFTOVER_FILES = re.compile(r"^\.(?:metrics\.jsonl|meta\.json|pipeline_state\.json)\.tmp$")
+
+
 def remove_partial(run_dir: Path) -> list[Path]:
-    """Remove the hidden leftovers of checkpoint writes that never finished; returns what was removed."""
+    """Remove the leftovers of the lab's own writes that never finished (a killed checkpoint write, a final/
+    being replaced); returns what was removed. Call it only while holding the run's lock (lab.train.lock)."""
     removed = []
     for root in (Path(run_dir) / CHECKPOINTS, Path(run_dir)):
         if root.is_dir():
             for path in root.iterdir():
-                if path.name.startswith(".") and path.is_dir():
+                if path.is_symlink():
+                    continue
+                if _LEFTOVER_DIRS.match(path.name) and path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
                     removed.append(path)
+                elif _LEFTOVER_FILES.match(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
     return removed
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint `path` cannot be resumed from (one line), or None when it reads back whole: its
+    state file, its training tensors' header and its model (config, tensors' shapes and values)."""
+    from lab.checkpoint import load_pretrained
+    from lab.errors import LabError
+
+    try:
+        scalars = read_json(Path(path) / STATE_JSON)
+        for key in ("step", "tokens"):
+            if not isinstance(scalars.get(key), int) or isinstance(scalars.get(key), bool):
+                return f"{STATE_JSON}: {key} must be an integer"
+        if not isinstance(scalars.get("param_groups"), list) or not isinstance(scalars.get("python_rng"), list):
+            return f"{STATE_JSON}: param_groups and python_rng must be lists"
+        with safe_open(str(Path(path) / STATE_TENSORS), framework="pt") as f:
+            f.keys()
+        load_pretrained(path)
+    except LabError as e:
+        return str(e)
+    except Exception as e:  # safetensors' own error types for a truncated or corrupt file
+        return f"{STATE_TENSORS}: {str(e)[:200]}"
+    return None
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], list]:
@@ -126,7 +163,7 @@ def save_checkpoint(run_dir: Path, step: int, cfg: ModelConfig, model_state: dic
 
 def load_state(path: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     """(scalars, name-keyed optimizer state, RNG tensors) of a checkpoint directory."""
-    scalars = json.loads((Path(path) / STATE_JSON).read_text())
+    scalars = read_json(Path(path) / STATE_JSON)
     tensors = load_file(str(Path(path) / STATE_TENSORS))
     state: dict[str, dict] = {}
     for key, value in tensors.items():

@@ -87,8 +87,12 @@ def check_plan(source: ModelConfig, plan: UpcyclePlan) -> None:
         raise LabError(f"the router's init std must be positive, got {plan.router_init_std}")
     if not 0.0 <= plan.drop_ratio <= 1.0:
         raise LabError(f"--drop-ratio must be in [0, 1], got {plan.drop_ratio}")
-    if plan.noise < 0:
-        raise LabError(f"--noise must be >= 0, got {plan.noise}")
+    if not (math.isfinite(plan.noise) and plan.noise >= 0):
+        raise LabError(f"--noise must be a finite number >= 0, got {plan.noise}")
+    for name in ("aux_loss_coef", "z_loss_coef"):
+        value = getattr(plan, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise LabError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
     if not 1 <= plan.every <= source.n_layers:
         raise LabError(f"--every {plan.every}: must be in [1, n_layers={source.n_layers}]")
     if plan.router_loss_aggregation not in ROUTER_LOSS_AGGREGATIONS:

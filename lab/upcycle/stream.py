@@ -27,7 +27,7 @@ def upcycle_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathL
     Everything is checked before anything is written: `output_dir` must not exist (unless `overwrite`),
     and the plan must fit the source (`check_plan`).
     """
-    check_output_dir(output_dir, overwrite)
+    check_output_dir(output_dir, overwrite, inputs=(source_dir,))
     with CheckpointSource(source_dir) as source:
         target = upcycle_config(source.config, plan)
         model_type, _ = output_model_type(target)
