@@ -1,29 +1,36 @@
-"""Grade a submission: run each question in a child process under a time limit, never crash.
+"""Grade a submission: the tests run here, in the trusted process; the student's code runs in a sandbox.
 
-A question that raises fails with the error's message; one that runs past the limit fails as
-"timed out" and the child is killed, and a new child goes on with the next question. A submission
-that cannot even be loaded (syntax error, an exception or an endless loop at top level) fails every
-question with the reason.
+Each question's test runs in this process and calls the student's functions through
+`lab.grading.remote.Student`: the arguments go to the student's process, the answers come back as
+values, and the test judges them here. The student's process never sees a test, an expected value,
+a score or the report, so nothing it does (printing, writing files, patching functions, walking the
+stack) can change a verdict. A question has `timeout` seconds for everything the student's code does
+in it; past that the process is killed with all it started, the question fails as timed out, and a
+fresh process goes on with the next question, so one endless loop costs one question.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import runpy
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.errors import LabError
-from lab.grading.questions import Question, questions_of
-from lab.grading.student import submission_source
+import torch
 
-# Seconds the child may take to import torch, the lab and the tests before the student's file runs.
-STARTUP_LIMIT = 120.0
+from lab.errors import LabError
+from lab.grading.questions import Question, declared_names, questions_of
+from lab.grading.remote import (NotDone, Student, StudentDied, StudentError, StudentGarbled, StudentProcess,
+                                StudentTimedOut, clean_text)
+from lab.grading.sandbox import Limits, available_kind, describe
+from lab.grading.student import compile_cell, line_of, submission_cells
+from lab.grading.student_lab import build_student_lab
+
+# Seconds the student's process may take to import torch and the lab before the submission runs: the
+# grader's cost, not the student's, with a generous limit of its own (a loaded machine is slow here).
+STARTUP_LIMIT = 300.0
 
 
 @dataclass
@@ -41,6 +48,10 @@ class QuestionResult:
 class GradeReport:
     submission: Path
     results: list[QuestionResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    assignment: str = ""
+    sandbox: str = ""
+    seconds: float = 0.0
 
     @property
     def score(self) -> int:
@@ -50,114 +61,185 @@ class GradeReport:
     def total(self) -> int:
         return sum(r.question.points for r in self.results)
 
+    def part(self, hidden: bool) -> tuple[int, int]:
+        chosen = [r for r in self.results if r.question.hidden == hidden]
+        return sum(r.earned for r in chosen), sum(r.question.points for r in chosen)
+
     def format(self) -> str:
-        lines = [f"grading {self.submission}"]
+        about = f" (assignment {self.assignment})" if self.assignment else ""
+        lines = [f"grading {self.submission}{about}"]
+        lines += [f"note: {note}" for note in self.notes]
         for number, r in enumerate(self.results, 1):
             mark = "ok  " if r.passed else "FAIL"
-            lines.append(f"{mark} Q{number} {r.question.title} [{r.earned}/{r.question.points}]")
+            hidden = " (hidden)" if r.question.hidden else ""
+            lines.append(f"{mark} Q{number}{hidden} {r.question.title} [{r.earned}/{r.question.points}]")
             if r.message:
                 lines.append(f"       {r.message}")
         lines.append(f"score: {self.score}/{self.total}")
         return "\n".join(lines)
 
 
-def _read_events(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    # The last line may still be being written by the child: only complete lines count.
-    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
-
-
-def _phase(events: list[dict]) -> str | int:
-    """What the child is doing: "starting" (importing the lab and the tests), "loading" (running the
-    student's file), or the index of the question under way."""
-    starts = [e["start"] for e in events if "start" in e]
-    if starts:
-        return starts[-1]
-    return "loading" if any("ready" in e for e in events) else "starting"
-
-
-def _run_child(tests: list[Path], submission: Path, first: int, log: Path, timeout: float) -> tuple[list[dict], bool, int]:
-    """Run the questions from `first` on in one child; kill it when a phase runs past its limit.
-
-    Returns the child's events, whether it was killed for time, and its exit code.
-    """
-    child = subprocess.Popen(
-        [sys.executable, "-m", "lab.grading.runner", os.pathsep.join(str(t.resolve()) for t in tests),
-         str(submission.resolve()), str(first), str(log)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        cwd=submission.resolve().parent, start_new_session=True)
-    phase, started, timed_out = "starting", time.monotonic(), False
-    while child.poll() is None:
-        time.sleep(0.05)
-        current = _phase(_read_events(log))
-        if current != phase:
-            phase, started = current, time.monotonic()
-        # Importing torch and the lab is the grader's cost, not the student's: a generous limit of its own.
-        limit = max(timeout, STARTUP_LIMIT) if phase == "starting" else timeout
-        if time.monotonic() - started > limit:
-            child.kill()
-            child.wait()
-            timed_out = True
-    return _read_events(log), timed_out, child.returncode
-
-
 def _cannot_run(submission: Path) -> str | None:
-    """Why the submission cannot run at all, found without running it: a syntax error or an unreadable file.
+    """Why the submission cannot run at all, found without running it: unreadable, or one cell that does not compile.
 
-    Compiling runs nothing of the student's, so the parent can do it and spare a child process.
+    Compiling runs nothing of the student's, so this process can do it and spare starting a sandbox.
     """
     try:
-        compile(submission_source(submission), str(submission), "exec")
-    except SyntaxError as e:
-        text = (e.text or "").strip()
-        return f"your file failed to run: {type(e).__name__}: {e.msg} (your line {e.lineno}{': ' + text if text else ''})"
+        cells = submission_cells(submission)
     except ValueError as e:  # not UTF-8, or a .ipynb that is not JSON
-        return f"your file cannot be read as {'a notebook' if submission.suffix == '.ipynb' else 'Python'}: {e}"
+        kind = "a notebook" if submission.suffix == ".ipynb" else "Python"
+        return f"your file cannot be read as {kind}: {clean_text(e)}"
+    if len(cells) == 1:
+        try:
+            compile_cell(cells[0], submission.name)
+        except SyntaxError as e:
+            text = (e.text or "").strip()
+            where = line_of(e.lineno or 1, cells)
+            return f"your file failed to run: SyntaxError: {e.msg} ({where}{': ' + text if text else ''})"
     return None
 
 
-def grade(submission: str | os.PathLike, tests: list[str | os.PathLike], *, timeout: float = 60.0) -> GradeReport:
+def describe_failure(error: BaseException, timeout: float) -> str:
+    """The line a failed question shows."""
+    if isinstance(error, StudentTimedOut):
+        return f"timed out after {timeout:g} s (an endless loop?)"
+    if isinstance(error, StudentDied):
+        code = error.args[0] if error.args else None
+        return (f"your code ended its process in the middle of this question (exit code {code}; out of memory, "
+                "or a call to exit()?)")
+    if isinstance(error, StudentGarbled):
+        return f"your code wrote over the channel between its process and the grader ({error})"
+    if isinstance(error, (StudentError, AssertionError)) and str(error):
+        return str(error)
+    text = clean_text(error)
+    return f"your answer could not be checked: {type(error).__name__}{': ' + text if text else ''}"
+
+
+class _Session:
+    """The student's process for one submission, started again after a question kills it."""
+
+    def __init__(self, submission: Path, student_lab: Path, kind: str, limits: Limits, scratch: Path,
+                 timeout: float, preload: list[str]):
+        self.args = submission, student_lab, kind, limits, preload
+        self.scratch, self.timeout, self.starts = scratch, timeout, 0
+        self.process: StudentProcess | None = None
+        self.loaded = False
+        self.cell_errors: list[str] = []
+
+    def launch(self) -> None:
+        """Start a process (it imports torch and the lab, then loads the submission) without waiting."""
+        self.starts += 1
+        self.process = StudentProcess(*self.args, self.scratch / f"run-{self.starts}")
+        self.loaded = False
+
+    def start(self) -> str | None:
+        """Start a process unless one is on its way, and wait for the submission to load; why it failed, else None."""
+        if self.process is None or self.loaded:
+            self.launch()
+        process = self.process
+        self.loaded = True
+        try:
+            header, _ = process.receive(time.monotonic() + STARTUP_LIMIT)
+        except StudentTimedOut:  # nothing of the student's has run yet: the machine is the problem
+            return (f"the grader's sandboxed process did not start within {STARTUP_LIMIT:g} s (importing torch); "
+                    "the machine is overloaded: grade this file again")
+        except (StudentDied, StudentGarbled):
+            detail = process.startup_errors()
+            return "the grader's sandboxed process could not start" + (f": {detail}" if detail else "")
+        if "ready" not in header:
+            return "the grader's sandboxed process could not start"
+        try:
+            header, _ = process.receive(time.monotonic() + self.timeout)
+        except StudentTimedOut:
+            return (f"your file did not finish running within {self.timeout:g} s (an endless loop at top level? "
+                    "put experiments under `if __name__ == \"__main__\":`)")
+        except StudentGarbled as e:
+            return f"your file wrote over the channel between its process and the grader while loading ({e})"
+        except StudentDied as e:
+            detail = process.startup_errors()
+            return (f"the student's process ended while loading your file (exit code {e.args[0]})"
+                    + (f": {detail}" if detail else ""))
+        if "load_error" in header:
+            return clean_text(header["load_error"])
+        if header.get("loaded") is not True:
+            return "your file stopped the grader's process while loading"
+        errors = header.get("cell_errors", [])
+        self.cell_errors = [clean_text(e) for e in errors[:20]] if isinstance(errors, list) else []
+        return None
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.close()
+            self.process = None
+
+
+def load_questions(tests: list[Path]) -> list[Question]:
+    return [q for path in tests for q in questions_of(runpy.run_path(str(path)))]
+
+
+def grade(submission: str | os.PathLike, tests: list[str | os.PathLike], *, timeout: float = 60.0,
+          sandbox: str = "auto", limits: Limits | None = None, assignment: str = "") -> GradeReport:
     """Run the questions of the `tests` files against `submission`; `timeout` seconds per question (and to load).
 
-    Each child process runs questions in order until one hangs or kills it; the next child goes on
-    after that question, so one endless loop costs one question, never the rest.
+    `sandbox` is "auto" (bubblewrap when installed), "bwrap" or "process" (`lab.grading.sandbox`).
     """
+    started = time.monotonic()
     submission, tests = Path(submission), [Path(t) for t in tests]
     if not submission.is_file():
         raise LabError(f"{submission}: no such file")
     if submission.suffix not in (".py", ".ipynb"):
         raise LabError(f"{submission}: expected a .py file or a .ipynb notebook")
-    questions = [q for path in tests for q in questions_of(runpy.run_path(str(path)))]
+    kind = available_kind(sandbox)
+    report = GradeReport(submission, assignment=assignment, sandbox=kind)
     problem = _cannot_run(submission)
-    if problem:
-        return GradeReport(submission, [QuestionResult(q, False, problem) for q in questions])
-    results: dict[int, QuestionResult] = {}
-    first = 0
+    off_limits = sorted({name for path in tests for name in declared_names(path, "OFF_LIMITS")})
+    preload = sorted({name for path in tests for name in declared_names(path, "PRELOAD")})
     with tempfile.TemporaryDirectory(prefix="lab-grade-") as tmp:
-        while first < len(questions):
-            log = Path(tmp) / f"events-{first}.jsonl"
-            log.touch()
-            events, timed_out, returncode = _run_child(tests, submission, first, log, timeout)
-            for e in events:
-                if "index" in e:
-                    results[e["index"]] = QuestionResult(questions[e["index"]], e["passed"], e["message"])
-            load_error = next((e["load_error"] for e in events if "load_error" in e), None)
-            if load_error or not any("loaded" in e for e in events):
-                phase = _phase(events)
-                reason = load_error or (
-                    f"your file did not finish running within {timeout:g} s (an endless loop at top level? "
-                    "put experiments under `if __name__ == \"__main__\":`)" if timed_out and phase == "loading" else
-                    f"your file stopped the grader's process while loading (exit code {returncode})"
-                    if phase == "loading" else
-                    f"the grader's process could not start (exit code {returncode}); is the lab installed?")
-                for i in range(first, len(questions)):
-                    results[i] = QuestionResult(questions[i], False, reason)
-                break
-            starts = [e["start"] for e in events if "start" in e]
-            last = starts[-1] if starts else first
-            if last not in results:  # killed (time limit) or died (e.g. a crash in native code) mid-question
-                why = (f"timed out after {timeout:g} s (an endless loop?)" if timed_out
-                       else f"the process died while running it (exit code {returncode})")
-                results[last] = QuestionResult(questions[last], False, why)
-            first = last + 1
-    return GradeReport(submission, [results[i] for i in range(len(questions))])
+        scratch = Path(tmp)
+        session = None
+        if problem is None:  # start the student's process first: it imports torch while the tests load here
+            student_lab = build_student_lab(scratch / "student-lab", off_limits, assignment or "this assignment")
+            session = _Session(submission, student_lab, kind, limits or Limits(), scratch, timeout, preload)
+            session.launch()
+        questions = load_questions(tests)
+        try:
+            results = _run_questions(questions, session, problem, timeout, report)
+        finally:
+            if session is not None:
+                session.close()
+    report.results = results
+    if kind != "bwrap":
+        report.notes.append(f"graded in a {describe(kind)}")
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _run_questions(questions: list[Question], session: _Session | None, problem: str | None, timeout: float,
+                   report: GradeReport) -> list[QuestionResult]:
+    if session is None:
+        return [QuestionResult(q, False, problem or "") for q in questions]
+    results: list[QuestionResult] = []
+    for index, q in enumerate(questions):
+        if session.process is None or not session.loaded or session.process.exit_code() is not None:
+            reason = session.start()
+            if reason is not None:
+                return results + [QuestionResult(rest, False, reason) for rest in questions[index:]]
+            if session.starts == 1:
+                report.notes += session.cell_errors
+        deadline = time.monotonic() + timeout
+        torch.manual_seed(0)
+        try:
+            session.process.seed(0, deadline)
+            q.test(Student(session.process, deadline))
+        except BaseException as error:  # noqa: BLE001 - a failed question, whatever failed
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            if isinstance(error, (StudentTimedOut, StudentDied, StudentGarbled)):
+                session.close()
+            message = describe_failure(error, timeout)
+            if isinstance(error, NotDone):
+                message = str(error)
+            results.append(QuestionResult(q, False, message))
+        else:
+            results.append(QuestionResult(q, True, ""))
+    return results

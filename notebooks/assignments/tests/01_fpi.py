@@ -4,11 +4,14 @@ import copy
 
 import torch
 
-from lab.grading import check_close, question
+from lab.grading import check_close, check_equal, question
 from lab.growth import GrowthMap, fpi_in, fpi_out, grouped_map, growth_map
 from lab.mlp import MLP
 from lab.model import Attention, rope_inv_freq, rope_tables
 from lab.config import ModelConfig
+
+# The lab's own growth operators are the answers: the student's process cannot import them.
+OFF_LIMITS = ["lab.growth"]
 
 
 def as_map(g: list[int], old: int) -> GrowthMap:
@@ -21,8 +24,7 @@ def check_map(student, old: int, new: int) -> None:
     g = student.growth_map(old, new)
     assert isinstance(g, torch.Tensor), f"growth_map({old}, {new}) should return a tensor, got {type(g).__name__}"
     assert g.dtype == torch.int64, f"growth_map({old}, {new}) should be int64 (indices), got {g.dtype}"
-    expected = growth_map(old, new).index
-    assert g.tolist() == expected.tolist(), f"growth_map({old}, {new}) should be {expected.tolist()}, got {g.tolist()}"
+    check_equal(g, growth_map(old, new).index, f"growth_map({old}, {new})")
 
 
 @question(points=1)
@@ -77,10 +79,8 @@ def q5_grouped_head_map(student):
     """grouped_head_map: query heads grow inside their kv group"""
     for groups, old, new in ((2, 2, 3), (1, 4, 6), (4, 1, 2)):
         got = student.grouped_head_map(groups, old, new)
-        expected = grouped_map(groups, old, new).index
         assert isinstance(got, torch.Tensor), f"grouped_head_map should return a tensor, got {type(got).__name__}"
-        assert got.tolist() == expected.tolist(), (
-            f"grouped_head_map({groups}, {old}, {new}) should be {expected.tolist()}, got {got.tolist()}")
+        check_equal(got, grouped_map(groups, old, new).index, f"grouped_head_map({groups}, {old}, {new})")
 
 
 def attention(dim, n_heads, n_kv_heads, head_dim, qkv_bias) -> Attention:

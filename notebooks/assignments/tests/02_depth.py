@@ -5,11 +5,17 @@ import copy
 import torch
 
 from lab.config import ModelConfig
-from lab.grading import check_close, question
+from lab.grading import check_close, check_equal, question
 from lab.growth import inserted_copies, layer_order
 from lab.model import DecoderLM
 
 RESIDUAL_WRITERS = ("attn.o_proj.weight", "mlp.down_proj.weight")
+
+# The lab's depth growth is the answer: the student's process cannot import it.
+OFF_LIMITS = ["lab.growth"]
+# train_steps uses torch's AdamW, whose first step imports torch._dynamo (seconds): the student's process
+# imports it while the first questions run.
+PRELOAD = ["torch._dynamo"]
 
 
 def tiny_model(n_layers: int = 2, seed: int = 0) -> DecoderLM:
@@ -28,9 +34,7 @@ def tokens(n: int = 2, length: int = 8, seed: int = 1) -> torch.Tensor:
 
 
 def check_order(student, fn: str, kind: str, old: int, new: int) -> None:
-    got = getattr(student, fn)(old, new)
-    expected = layer_order(old, new, kind)
-    assert list(got) == expected, f"{fn}({old}, {new}) should be {expected}, got {list(got)}"
+    check_equal(getattr(student, fn)(old, new), layer_order(old, new, kind), f"{fn}({old}, {new})")
 
 
 @question(points=2)
@@ -97,16 +101,28 @@ def q4_identity_growth(student):
 
 
 def reference_training(model: DecoderLM, batches: list[torch.Tensor], lr: float) -> list[float]:
-    """The losses the question asks for, computed the way its text says (AdamW, one step per batch)."""
+    """The losses the question asks for, computed the way its text says (AdamW, one step per batch).
+
+    AdamW (weight decay 0) is written out here rather than taken from torch.optim: the first step of a
+    torch optimizer imports torch._dynamo, seconds of the grader's time on every submission.
+    """
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    beta1, beta2, eps = 0.9, 0.95, 1e-8
+    params = [p for p in model.parameters() if p.requires_grad]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
     losses = []
-    for batch in batches:
+    for step, batch in enumerate(batches, 1):
         loss = model(batch, labels=batch).loss
         losses.append(loss.item())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        with torch.no_grad():
+            for p, g, (m, v) in zip(params, grads, moments):
+                if g is None:
+                    continue
+                m.mul_(beta1).add_(g, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v.sqrt() / (1 - beta2 ** step) ** 0.5).add_(eps)
+                p.addcdiv_(m, denom, value=-lr / (1 - beta1 ** step))
     return losses
 
 

@@ -9,6 +9,11 @@ from lab.mlp import MLP
 from lab.model import DecoderLM
 from lab.upcycle import UpcyclePlan, upcycle_model
 
+# The lab's router, losses, experts and upcycling are the answers: the student's process cannot import
+# them. lab.model still builds its MoE layers from lab.moe, which keeps them under private names.
+OFF_LIMITS = ["lab.growth", "lab.upcycle", "lab.moe.route", "lab.moe.load_balancing_loss", "lab.moe.router_z_loss",
+              "lab.moe.reference_experts", "lab.moe.grouped_experts"]
+
 
 def router_case(n: int = 12, dim: int = 8, n_experts: int = 6, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -22,9 +27,12 @@ def check_route(student, n, dim, n_experts, top_k, seed=0) -> None:
     assert isinstance(got, tuple) and len(got) == 2, f"{what} should return a tuple (weights, experts)"
     weights, experts = got
     expected = lab_moe.route(x, w, top_k, "topk_softmax")
-    assert isinstance(experts, torch.Tensor) and experts.tolist() == expected.experts.tolist(), (
-        f"{what}: wrong experts chosen; for the first token expected {expected.experts[0].tolist()}, "
-        f"got {experts[0].tolist() if isinstance(experts, torch.Tensor) else experts!r}")
+    assert isinstance(experts, torch.Tensor), f"{what}: experts should be a tensor, got {type(experts).__name__}"
+    assert tuple(experts.shape) == tuple(expected.experts.shape), (
+        f"{what}: experts should have shape {tuple(expected.experts.shape)}, got {tuple(experts.shape)}")
+    wrong = [t for t in range(n) if experts[t].tolist() != expected.experts[t].tolist()]
+    assert not wrong, (f"{what}: wrong experts chosen for {len(wrong)} of {n} tokens; first, token {wrong[0]}: "
+                       f"expected {expected.experts[wrong[0]].tolist()}, got {experts[wrong[0]].tolist()}")
     check_close(weights, expected.weights, f"{what}: weights (renormalised to sum to 1 per token)")
 
 

@@ -9,6 +9,8 @@ from lab.grading import check_close, question
 from lab.growth import growth_map
 from lab.mlp import MLP
 
+VISIBILITY = "hidden"
+
 # The visible tests' helpers (the hidden tests stay with the solutions, the helpers are shared).
 _visible = runpy.run_path(str(Path(__file__).resolve().parents[2] / "tests" / "01_fpi.py"))
 as_map, check_map, check_attention_growth = _visible["as_map"], _visible["check_map"], _visible["check_attention_growth"]
@@ -53,3 +55,12 @@ def h4_grow_attention_mha_no_bias(student):
 def h5_grow_attention_one_group(student):
     """grow_attention: one kv group, a non-integer head ratio"""
     check_attention_growth(student, dim=16, n_heads=2, n_kv_heads=1, head_dim=8, qkv_bias=True, new_n_heads=5)
+
+
+@question(points=1)
+def h6_width_growth_other_ratios(student):
+    """width_growth_is_exact: ratios other than the handout's 1 and 2"""
+    for old, new, expected in ((32, 96, True), (10, 40, True), (7, 49, True), (40, 60, False), (48, 80, False),
+                               (64, 192, True), (100, 250, False)):
+        got = student.width_growth_is_exact(old, new)
+        assert got == expected, f"width_growth_is_exact({old}, {new}) should be {expected}, got {got}"

@@ -8,6 +8,8 @@ import torch
 from lab.grading import check_close, question
 from lab.growth import layer_order
 
+VISIBILITY = "hidden"
+
 # The visible tests' helpers (the hidden tests stay with the solutions, the helpers are shared).
 _visible = runpy.run_path(str(Path(__file__).resolve().parents[2] / "tests" / "02_depth.py"))
 tiny_model, tokens, check_order, check_layers_copied = (
@@ -42,3 +44,20 @@ def h3_identity_growth_uneven(student):
     with torch.no_grad():
         check_close(student.identity_growth(model, 7).eval()(ids).logits, model(ids).logits,
                     "invariant: identity growth 3 -> 7 keeps the logits", atol=1e-5, rtol=1e-4)
+
+
+@question(points=2)
+def h4_grow_depth_cached_generation(student):
+    """grow_depth: the grown model generates the same with a KV cache as without"""
+    model = tiny_model(2, seed=3)
+    order = [0, 0, 1, 1]
+    grown = student.grow_depth(model, order)
+    ids = tokens(n=2, length=6, seed=11)
+    with torch.no_grad():
+        full = grown.eval()(ids).logits
+        cache = grown.new_cache(ids.shape[0], ids.shape[1])
+        step_by_step = torch.cat([grown(ids[:, t:t + 1], cache=cache).logits for t in range(ids.shape[1])], dim=1)
+    layers = [block.attn.layer for block in grown.layers]
+    hint = "" if layers == list(range(len(order))) else (
+        f" (each layer's attn.layer, its index in the KV cache, is {layers}: layer l must have l)")
+    check_close(step_by_step, full, f"logits generated token by token with a KV cache{hint}", atol=1e-5, rtol=1e-4)

@@ -8,6 +8,8 @@ import torch
 from lab import moe as lab_moe
 from lab.grading import check_close, question
 
+VISIBILITY = "hidden"
+
 # The visible tests' helpers (the hidden tests stay with the solutions, the helpers are shared).
 _visible = runpy.run_path(str(Path(__file__).resolve().parents[2] / "tests" / "03_moe.py"))
 router_case, check_route, expert_weights, upcycled = (
