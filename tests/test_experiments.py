@@ -166,6 +166,10 @@ def test_table1_measures_what_its_claims_read_and_c1_is_exact(table1_dir):
     assert measured[0]["random/grown_loss"] != measured[1]["random/grown_loss"]
     assert measured[0]["aki-pro/trained_loss"] != measured[1]["aki-pro/trained_loss"]
     assert json.loads((table1_dir / "seed-1" / "aki-pro" / "meta.json").read_text())["recipe"]["seed"] == 1
+    # Rows outside `trained_rows` are evaluated right after growth and never trained.
+    assert "fpi-stack/trained_loss" not in measured[0] and "aki-pro/trained_loss" in measured[0]
+    records = [json.loads(line) for line in (table1_dir / "seed-0" / "fpi-stack" / "metrics.jsonl").open()]
+    assert [r["event"] for r in records] == ["eval"] and records[0]["step"] == 0
 
 
 def test_resume_skips_finished_runs_and_continues_an_interrupted_one(table1_dir, source, corpus):
@@ -316,6 +320,8 @@ def test_claims_command_writes_the_file_and_refuses_too_few_seeds(tmp_path, caps
      "error: the source checkpoint: /no/such: not a directory"),
     (["experiments", "run", "table1", "--seeds", "1", "--out", "OUT", "--set", "stepz=3"], "setting stepz: unknown"),
     (["experiments", "run", "table1", "--seeds", "1", "--out", "OUT", "--set", "steps=x"], "must be an integer"),
+    (["experiments", "run", "table1", "--seeds", "1", "--out", "OUT", "--set", "trained_rows=aki-pro,random"],
+     "setting trained_rows: must be one of fpi-width"),
     (["experiments", "run", "pipeline", "--seeds", "1", "--out", "OUT", "--steps", "3"], "no single --steps"),
     (["experiments", "run", "pipeline", "--seeds", "1", "--out", "OUT", "--set", "baseline_lrs=1e-3,2e-3"],
      "at least 3 different learning rates"),

@@ -44,9 +44,9 @@ PIPELINE_RUN = "pipeline"
 @dataclass(frozen=True)
 class Settings(CommonSettings):
     # The paper's stage tokens, 3600B : 1200B : 545B, are about 1 : 1/3 : 1/6.6.
-    dense_steps: int = field(default=600, metadata=positive())
-    grow_steps: int = field(default=200, metadata=positive())
-    moe_steps: int = field(default=96, metadata=positive())
+    dense_steps: int = field(default=320, metadata=positive())
+    grow_steps: int = field(default=96, metadata=positive())
+    moe_steps: int = field(default=48, metadata=positive())
     # Per-stage learning rates falling as in the paper's Table 3 (about 1 : 1/3 : 1/8).
     dense_lr: float = field(default=3e-3, metadata=positive())
     grow_lr: float = field(default=1e-3, metadata=positive())
