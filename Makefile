@@ -78,7 +78,7 @@ experiments: $(STAMP)
 	    $(PY) -m lab experiments export runs/experiments/seed-$$base/$$name data/runs/experiments/seed-$$base/$$name || exit 1; \
 	  done; \
 	done
-	$(PY) -m lab experiments claims $(addprefix data/runs/experiments/seed-0/,$(EXPERIMENTS)) --json data/claims.json
+	$(PY) -m lab experiments claims $(addprefix data/runs/experiments/seed-0/,$(EXPERIMENTS)) --json data/claims.json --markdown data/claims.md
 	$(PY) -m lab experiments claims $(addprefix data/runs/experiments/seed-1000/,$(EXPERIMENTS)) --json data/claims-seed-1000.json
 
 data: $(STAMP)

@@ -303,11 +303,18 @@ def test_claims_file_shape_and_every_verdict_recomputes(tmp_path):
 
 def test_claims_command_writes_the_file_and_refuses_too_few_seeds(tmp_path, capsys):
     dirs = fake_experiments(tmp_path / "three")
-    assert main(["experiments", "claims", *map(str, dirs), "--json", str(tmp_path / "claims.json")]) == 0
+    assert main(["experiments", "claims", *map(str, dirs), "--json", str(tmp_path / "claims.json"),
+                 "--markdown", str(tmp_path / "claims.md")]) == 0
     printed = capsys.readouterr().out
     assert "C15" in printed and "mean b-a" in printed
     written = json.loads((tmp_path / "claims.json").read_text())
     assert written == json.loads(json.dumps(evaluate(dirs, report=lambda line: None)))
+    table = (tmp_path / "claims.md").read_text().splitlines()
+    assert len(table) == 2 + len(CLAIMS)  # header, rule, one row per claim
+    for row, entry in zip(table[2:], written["claims"]):
+        assert row.startswith(f"| {entry['id']}: ") and f"**{entry['verdict']}**" in row
+    assert main(["experiments", "claims", *map(str, dirs), "--json", str(tmp_path / "no" / "claims.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "no").exists()
     two = fake_experiments(tmp_path / "two", seeds=(0, 1))
     assert main(["experiments", "claims", str(two[0])]) == 2
     err = capsys.readouterr().err

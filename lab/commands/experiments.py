@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from lab.commands import positive_int
+from lab.errors import LabError
 
 ORDER = 65
 
 
 def _settings(module, args: argparse.Namespace):
-    from lab.errors import LabError
     from lab.experiments.settings import make_settings, parse_assignments
 
     overrides = parse_assignments(args.set)
@@ -49,17 +48,21 @@ def run(args: argparse.Namespace) -> None:
 
 
 def claims(args: argparse.Namespace) -> None:
-    from lab.experiments.claims import evaluate, format_table
+    from lab.atomic_files import write_text_atomically
+    from lab.experiments.claims import evaluate, format_markdown, format_table
 
+    outputs = [Path(p) for p in (args.json, args.markdown) if p is not None]
+    for path in outputs:  # checked before the measurements are read
+        if not path.parent.is_dir():
+            raise LabError(f"{path}: its folder {path.parent} does not exist")
     result = evaluate(args.dirs, report=print)
     print(format_table(result["claims"]))
     if args.json is not None:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        print(f"wrote {path}")
+        write_text_atomically(args.json, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {args.json}")
+    if args.markdown is not None:
+        write_text_atomically(args.markdown, format_markdown(result["claims"]) + "\n")
+        print(f"wrote {args.markdown}")
 
 
 def list_experiments(args: argparse.Namespace) -> None:
@@ -109,6 +112,7 @@ def add_parser(subparsers) -> None:
                                    "rule to every claim whose experiment is given, prints the verdicts.")
     c.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="experiment directories")
     c.add_argument("--json", metavar="OUT", help="write the claims file here")
+    c.add_argument("--markdown", metavar="OUT", help="write the claims as a Markdown table here (the README's)")
     c.set_defaults(func=claims)
 
     ls = sub.add_parser("list", help="the experiments, their settings and defaults")

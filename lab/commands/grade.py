@@ -54,8 +54,9 @@ def _output_file(path: str | None, option: str) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from lab.atomic_files import write_text_atomically
     from lab.grading.batch import (Graded, grade_all, gradebook_csv, gradebook_json, gradescope_results,
-                                   submissions_in, write_feedback, write_text_atomically)
+                                   submissions_in, write_feedback)
     from lab.grading.sandbox import Limits, available_kind
 
     path = Path(args.path)

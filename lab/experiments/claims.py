@@ -225,3 +225,24 @@ def format_table(entries: list[dict]) -> str:
         lines.append(f"{r['id']:<6}{r['verdict']:<14}{r['mean_a']:>11.5f}{r['mean_b']:>11.5f}{r['mean_d']:>12.5f}"
                      f"{r['se_d']:>11.5f}{r['n']:>4}")
     return "\n".join(lines)
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def format_markdown(entries: list[dict]) -> str:
+    """The claims as a Markdown table (the README's): each side's mean ± sample standard deviation over
+    seeds, and the paired difference b - a as mean ± standard error, which is what the rule judges."""
+    lines = ["| claim | source | verdict | a: claimed lower (or equal) | b: compared with | b − a (mean ± s.e.) | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for e in entries:
+        r = summary_row(e)
+        seeds = e["seeds"]
+        span = f"{seeds[0]}–{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ", ".join(map(str, seeds))
+        claim = f"{e['id']}: {e['text']}"
+        if e["kind"] == "equal":
+            claim += f" (within {e['tolerance']:g})"
+        lines.append(f"| {claim} | {e['paper']} | **{e['verdict']}** | {e['a']}: {_spread(e['a_values'])} "
+                     f"| {e['b']}: {_spread(e['b_values'])} | {r['mean_d']:+.4f} ± {r['se_d']:.4f} | {span} |")
+    return "\n".join(lines)

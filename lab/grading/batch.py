@@ -13,11 +13,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from lab.atomic_files import write_text_atomically
 from lab.errors import LabError
 from lab.grading.grader import GradeReport, grade
 from lab.grading.remote import clean_text
@@ -130,13 +130,3 @@ def write_feedback(rows: list[Graded], folder: Path) -> None:
         stem = row.submission.name
         write_text_atomically(folder / f"{stem}.txt", row.format() + "\n")
         write_text_atomically(folder / f"{stem}.results.json", json.dumps(gradescope_results(row), indent=2) + "\n")
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary sibling, then rename it over `path`: never a half-written file."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
