@@ -8,6 +8,11 @@ T sequence length). Here N is explicit:
 - the LM head IS counted (a real D x V matmul per token; counted once even when tied to the embedding);
 - every other parameter is, norms and biases included (they are a rounding error);
 - an MoE layer counts only its active experts, top_k of n_experts, plus its router and shared expert.
+That N is `matmul_parameters`. The parameter counts a model card reports are different, and also here, so
+that every command, page and record uses one definition: `total_parameters` (every weight, each tied
+tensor once) and `active_parameters` (the total less the routed experts a token does not use: Mixtral's
+"12.9B active" convention, embeddings included). tests/test_flops.py checks all three against the
+weights of the built model.
 
 MFU is the achieved model FLOPs per second over the hardware's peak. The module has no dependency
 beyond the lab's config, so notebooks and the dashboard can use it freely.
@@ -30,28 +35,46 @@ PEAK_FLOPS: dict[str, float] = {
 }
 
 
-def active_parameters(cfg: ModelConfig) -> int:
+def _attention_parameters(cfg: ModelConfig) -> int:
+    q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    attn = cfg.dim * (q_out + 2 * kv_out) + q_out * cfg.dim
+    return attn + (q_out + 2 * kv_out if cfg.qkv_bias else 0)
+
+
+def _block_parameters(cfg: ModelConfig, layer: int, experts: int) -> int:
+    """Block `layer`'s weights with `experts` of its routed experts counted (attention, MLP, two norms)."""
+    D = cfg.dim
+    if cfg.is_moe_layer(layer):
+        mlp = D * cfg.n_experts + 3 * D * cfg.moe_ffn_dim * experts  # router, then the experts
+        if cfg.shared_expert_ffn_dim:
+            mlp += 3 * D * cfg.shared_expert_ffn_dim + D  # the shared expert and its gate
+    else:
+        mlp = 3 * D * cfg.ffn_dim
+    return _attention_parameters(cfg) + mlp + 2 * D
+
+
+def matmul_parameters(cfg: ModelConfig) -> int:
     """N of `flops_per_token`: the parameters one token's matmuls use (see the module docstring)."""
-    D, hd = cfg.dim, cfg.head_dim
-    q_out, kv_out = cfg.n_heads * hd, cfg.n_kv_heads * hd
-    attn = D * (q_out + 2 * kv_out) + q_out * D
-    if cfg.qkv_bias:
-        attn += q_out + 2 * kv_out
-    total = 0
-    for layer in range(cfg.n_layers):
-        if cfg.is_moe_layer(layer):
-            mlp = D * cfg.n_experts + 3 * D * cfg.moe_ffn_dim * cfg.top_k
-            if cfg.shared_expert_ffn_dim:
-                mlp += 3 * D * cfg.shared_expert_ffn_dim + D
-        else:
-            mlp = 3 * D * cfg.ffn_dim
-        total += attn + mlp + 2 * D  # two RMSNorm weights per block
-    return total + D + D * cfg.vocab_size  # final norm, LM head
+    blocks = sum(_block_parameters(cfg, layer, cfg.top_k) for layer in range(cfg.n_layers))
+    return blocks + cfg.dim + cfg.dim * cfg.vocab_size  # final norm, LM head
+
+
+def active_parameters(cfg: ModelConfig) -> int:
+    """The parameters one token uses, as model cards count them: every weight except the routed experts it
+    is not sent to (top_k of n_experts per MoE layer); the embedding table counts (once when tied)."""
+    return matmul_parameters(cfg) + (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim)
+
+
+def total_parameters(cfg: ModelConfig) -> int:
+    """Every weight of a model of config `cfg`, each tied tensor once (no model is built)."""
+    blocks = sum(_block_parameters(cfg, layer, cfg.n_experts) for layer in range(cfg.n_layers))
+    embeddings = cfg.vocab_size * cfg.dim * (1 if cfg.tie_embeddings else 2)
+    return blocks + cfg.dim + embeddings
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token: 6 N_active + 12 L H Q T (PaLM, appendix B)."""
-    return 6.0 * active_parameters(cfg) + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+    return 6.0 * matmul_parameters(cfg) + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:

@@ -68,16 +68,16 @@ shapes = {"dense 4×128": dense, "grown 6×256": grown, "MoE 8 experts, top-2": 
 rows = []
 for name, cfg in shapes.items():
     model = lab.DecoderLM(cfg)
-    rows.append({"model": name, "total parameters": model.num_parameters(), "active N": active_parameters(cfg),
+    rows.append({"model": name, "total parameters": model.num_parameters(), "active parameters": active_parameters(cfg),
                  "FLOPs/token": flops_per_token(cfg, SEQ),
                  "attention share": 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * SEQ / flops_per_token(cfg, SEQ)})
 flops_table = pd.DataFrame(rows).set_index("model")
-flops_table.style.format({"total parameters": "{:,}", "active N": "{:,}", "FLOPs/token": "{:.3g}",
+flops_table.style.format({"total parameters": "{:,}", "active parameters": "{:,}", "FLOPs/token": "{:.3g}",
                           "attention share": "{:.1%}"})
 
 # %%
 fig = go.Figure([go.Bar(name="total parameters", x=flops_table.index, y=flops_table["total parameters"]),
-                 go.Bar(name="active parameters (used per token)", x=flops_table.index, y=flops_table["active N"])])
+                 go.Bar(name="active parameters (used per token)", x=flops_table.index, y=flops_table["active parameters"])])
 fig.update_yaxes(title="parameters")
 finish(fig, "An MoE holds many parameters but a token uses only top_k of the experts")
 

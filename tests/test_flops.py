@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lab import DecoderLM, ModelConfig
-from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, Phase, active_parameters, flops_per_token, mfu, savings
+from lab.flops import (AQUILA_SCRATCH, AQUILA_TABLE6, Phase, active_parameters, flops_per_token, matmul_parameters, mfu,
+                       savings, total_parameters)
 
 CONFIGS = {
     "dense": dict(qkv_bias=True),
@@ -21,7 +22,10 @@ def test_active_parameters_match_the_model(name):
         model = DecoderLM(cfg)
     # The model's active count without embeddings, plus the LM head's matmul (counted even when tied).
     expected = model.num_parameters(active=True, embeddings=False) + cfg.vocab_size * cfg.dim
-    assert active_parameters(cfg) == expected
+    assert matmul_parameters(cfg) == expected
+    # The counts a model card gives, from the weights themselves.
+    assert total_parameters(cfg) == model.num_parameters() == sum(p.numel() for p in model.parameters())
+    assert active_parameters(cfg) == model.num_parameters(active=True)
     T = 64
     assert flops_per_token(cfg, T) == 6 * expected + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * T
 
@@ -32,6 +36,7 @@ def test_moe_counts_only_active_experts():
     router = dense.n_layers * dense.dim * 8
     # Two active copies of the dense MLP per layer, plus the router.
     mlp = 3 * dense.dim * dense.ffn_dim * dense.n_layers
+    assert matmul_parameters(moe) - matmul_parameters(dense) == mlp + router
     assert active_parameters(moe) - active_parameters(dense) == mlp + router
 
 

@@ -125,14 +125,3 @@ def verify_if_asked(args: argparse.Namespace) -> None:
         from lab.verify import verify_against_source
 
         print(verify_against_source(args.src, args.out, text=args.verify_text).format())
-
-
-def parameter_count(cfg, active: bool = False) -> int:
-    """Parameters of a model of config `cfg` (built on the meta device: no memory); `active` as in
-    `DecoderLM.num_parameters`."""
-    import torch
-
-    from lab.model import DecoderLM
-
-    with torch.device("meta"):
-        return DecoderLM(cfg).num_parameters(active=active)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lab.commands import non_negative_float, parameter_count, positive_int, probability, seed
+from lab.commands import non_negative_float, positive_int, probability, seed
 from lab.errors import LabError, quoted
+from lab.flops import total_parameters
 
 ORDER = 20
 
@@ -53,7 +54,7 @@ def _check_memory(cfg, positions: int) -> None:
 
     itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.dtype]
     cache = 2 * cfg.n_layers * cfg.n_kv_heads * positions * cfg.head_dim * itemsize
-    check_memory(parameter_count(cfg) * itemsize + cache,
+    check_memory(total_parameters(cfg) * itemsize + cache,
                  f"generating {positions:,} positions (weights and a KV cache of {cache / 1e9:.2f} GB)")
 
 

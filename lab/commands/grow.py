@@ -6,7 +6,8 @@ import argparse
 import warnings
 
 from lab.commands import (add_output_arguments, check_output_resources, check_verify_request, non_negative_float,
-                          parameter_count, positive_int, seed, verify_if_asked)
+                          positive_int, seed, verify_if_asked)
+from lab.flops import total_parameters
 
 ORDER = 30
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"grow {args.src} ({model_type}, {_shape(source)}) -> {args.out}")
     print(f"  target: {_shape(t)} ({heads})")
     print(f"  method {plan.method}, {_order(plan)}, map {plan.map}, noise {plan.noise:g}, seed {plan.seed}")
-    print(f"  parameters: {parameter_count(source):,} -> {parameter_count(t):,}")
+    print(f"  parameters: {total_parameters(source):,} -> {total_parameters(t):,}")
     print(f"  function-preserving: {'yes' if plan.is_exact else 'no'}; writes {model_type}")
     grow_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="grow")
     print(f"wrote {args.out}")

@@ -6,8 +6,9 @@ import argparse
 import math
 
 from lab.commands import (add_output_arguments, check_output_resources, check_verify_request, fraction,
-                          non_negative_float, parameter_count, positive_int, seed, verify_if_asked)
+                          non_negative_float, positive_int, seed, verify_if_asked)
 from lab.config import ROUTER_LOSS_AGGREGATIONS
+from lab.flops import active_parameters, total_parameters
 
 ORDER = 40
 
@@ -46,8 +47,8 @@ def run(args: argparse.Namespace) -> None:
           f"drop ratio {plan.drop_ratio:g}, noise {plan.noise:g}")
     print(f"  aux-loss coef {target.aux_loss_coef:g}, z-loss coef {target.z_loss_coef:g}, "
           f"{target.router_loss_aggregation} over MoE layers (written to config.json)")
-    print(f"  parameters: {parameter_count(source):,} dense -> {parameter_count(target):,} total, "
-          f"{parameter_count(target, active=True):,} active")
+    print(f"  parameters: {total_parameters(source):,} dense -> {total_parameters(target):,} total, "
+          f"{active_parameters(target):,} active")
     print(f"  writes {model_type}: {why}")
     upcycle_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="upcycle")
     print(f"wrote {args.out}")

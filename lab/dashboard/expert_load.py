@@ -40,10 +40,10 @@ def checkpoint_load(run: Run) -> dict | None:
     if not (final / "config.json").is_file():
         return None
     from lab.checkpoint import read_config
-    from lab.commands import parameter_count
+    from lab.flops import total_parameters
 
     cfg, _ = read_config(final)
-    if not cfg.is_moe or parameter_count(cfg) > MAX_CHECKPOINT_PARAMS:
+    if not cfg.is_moe or total_parameters(cfg) > MAX_CHECKPOINT_PARAMS:
         return None
     model = _checkpoint_model(str(final), (final / "config.json").stat().st_mtime)
     return explorer.domain_expert_load(model, cache.windows())
