@@ -142,7 +142,7 @@ def export_source(run_dir: str | Path, out: str | Path, *, recipe: str | Path | 
     """Export a finished run as a shipped source; return its measured losses and training summary."""
     import lab
     from lab.checkpoint.io import check_output_dir, replace_dir
-    from lab.experiments.reference_runs import export_run
+    from lab.run_export import export_run
 
     run_dir, out = Path(run_dir), Path(out)
     final = run_dir / "final"

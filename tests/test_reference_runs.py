@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.experiments.reference_runs import check, expected_runs, export_run
+from lab.experiments.reference_runs import check, expected_runs
+from lab.run_export import export_run
 from lab.runs import find_runs, load_run
 
 DATA_RUNS = Path(__file__).resolve().parents[1] / "data" / "runs"

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from lab.checkpoint.hf_config import config_from_hf, config_to_hf, hf_model_type
+from lab.checkpoint.hf_config import config_from_hf
 from lab.checkpoint.hf_names import filler_tensors, tensor_maps
 from lab.checkpoint.safetensors_stream import TensorEntry, write_safetensors
 from lab.config import ModelConfig
@@ -297,36 +297,6 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def model_entries(model, cfg: ModelConfig, model_type: str) -> list[TensorEntry]:
-    """The checkpoint tensors of a lab model under their Hugging Face names (one tensor per expert)."""
-    from lab.checkpoint.streaming import lab_entries  # streaming builds on this module
-
-    state = model.state_dict()
-
-    def make(name: str, expert: int | None) -> torch.Tensor:
-        return state[name] if expert is None else state[name][expert]
-
-    return lab_entries(cfg, model_type, make, getattr(torch, cfg.dtype))
-
-
-def save_pretrained(model, path: str | os.PathLike, *, max_shard_size: int | str = "5GB",
-                    overwrite: bool = False, tokenizer_dir: str | os.PathLike | None = None) -> Path:
-    """Write `model` as a Hugging Face checkpoint directory that transformers opens.
-
-    The model type follows from the config (`hf_model_type`), the dtype is the model's. Above
-    `max_shard_size` the weights are sharded with an index; the tokenizer files found in
-    `tokenizer_dir` are copied along. The write is atomic (see `write_checkpoint`); an existing
-    non-empty `path` is replaced only with `overwrite`.
-    """
-    check_output_dir(path, overwrite)
-    dtype = next(iter(model.state_dict().values())).dtype
-    cfg = model.config.replace(dtype=str(dtype).removeprefix("torch."))
-    model_type = hf_model_type(cfg)
-    extra = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
-    return write_checkpoint(path, config_to_hf(cfg, model_type), model_entries(model, cfg, model_type),
-                            max_shard_size=max_shard_size, overwrite=overwrite, extra_files=extra)
 
 
 def _plan_shards(entries: list[TensorEntry], limit: int) -> list[list[TensorEntry]]:

@@ -3,7 +3,8 @@
 Growth and upcycling both turn one Hugging Face directory into another whose shapes follow from a
 target config. `CheckpointSource` gives the source's tensors under the lab's parameter names, one at a
 time; `write_lab_checkpoint` writes a target config's tensors, each made by a callback only when its
-turn comes. Peak memory is then a few tensors, never a model.
+turn comes. Peak memory is then a few tensors, never a model. `save_pretrained` writes an in-memory
+model through the same tensor naming (`lab_entries`) and writer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from lab.checkpoint.hf_config import config_to_hf, hf_model_type
 from lab.checkpoint.hf_names import filler_tensors, tensor_maps
-from lab.checkpoint.io import SafetensorsReader, read_config, tokenizer_files, write_checkpoint
+from lab.checkpoint.io import SafetensorsReader, check_output_dir, read_config, tokenizer_files, write_checkpoint
 from lab.checkpoint.safetensors_stream import TensorEntry
 from lab.config import ModelConfig
 
@@ -113,3 +114,31 @@ def write_lab_checkpoint(path: str | os.PathLike, cfg: ModelConfig, make: MakeTe
     return write_checkpoint(path, config_to_hf(cfg, model_type), lab_entries(cfg, model_type, make_cast, dtype),
                             max_shard_size=max_shard_size, overwrite=overwrite, extra_files=extra_files,
                             progress=progress)
+
+
+def model_entries(model, cfg: ModelConfig, model_type: str) -> list[TensorEntry]:
+    """The checkpoint tensors of a lab model under their Hugging Face names (one tensor per expert)."""
+    state = model.state_dict()
+
+    def make(name: str, expert: int | None) -> torch.Tensor:
+        return state[name] if expert is None else state[name][expert]
+
+    return lab_entries(cfg, model_type, make, getattr(torch, cfg.dtype))
+
+
+def save_pretrained(model, path: str | os.PathLike, *, max_shard_size: int | str = "5GB",
+                    overwrite: bool = False, tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """Write `model` as a Hugging Face checkpoint directory that transformers opens.
+
+    The model type follows from the config (`hf_model_type`), the dtype is the model's. Above
+    `max_shard_size` the weights are sharded with an index; the tokenizer files found in
+    `tokenizer_dir` are copied along. The write is atomic (see `write_checkpoint`); an existing
+    non-empty `path` is replaced only with `overwrite`.
+    """
+    check_output_dir(path, overwrite)
+    dtype = next(iter(model.state_dict().values())).dtype
+    cfg = model.config.replace(dtype=str(dtype).removeprefix("torch."))
+    model_type = hf_model_type(cfg)
+    extra = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
+    return write_checkpoint(path, config_to_hf(cfg, model_type), model_entries(model, cfg, model_type),
+                            max_shard_size=max_shard_size, overwrite=overwrite, extra_files=extra)

@@ -20,7 +20,7 @@ from lab.runs import META_FILE, METRICS_FILE
 
 def export_experiment(source: Path, dest: Path) -> list[Path]:
     """Copy the light files of experiment directory `source` to `dest` (replaced atomically); returns them."""
-    from lab.experiments.reference_runs import relative_paths
+    from lab.run_export import relative_paths
 
     source, dest = Path(source), Path(dest)
     read_settings(source)  # refuses what is not an experiment directory
