@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from lab.errors import LabError
+from lab import paths
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = paths.DATA_DIR
 DEFAULT_CORPUS = DATA_DIR / "corpus.jsonl"
 DEFAULT_TOKENIZER = DATA_DIR / "tokenizer.json"
 DOMAINS: tuple[str, ...] = ("english", "chinese", "code", "arithmetic")

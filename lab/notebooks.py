@@ -18,8 +18,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from lab import paths
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = paths.NOTEBOOKS_DIR
 KERNEL_NAME = "python3"
 KERNELSPEC = {"name": KERNEL_NAME, "display_name": "Python 3 (ipykernel)", "language": "python"}
 

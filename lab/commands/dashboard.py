@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from lab.errors import LabError
+from lab import paths
 
 ORDER = 75
-APP = Path(__file__).resolve().parents[2] / "app.py"
+APP = paths.DASHBOARD_APP
 
 
 def port_number(text: str) -> int:

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lab import paths
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml"
+DEFAULT_RECIPE = paths.RECIPES_DIR / "tiny.yaml"
 PAPER = {"source": 2.97, "fpi-width": 2.97, "fpi-stack": 4.30, "fpi-interpolate": 3.31, "aki-stack": 9.56,
          "aki-pro": 7.81, "random": 12.22}
 

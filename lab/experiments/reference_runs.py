@@ -32,8 +32,9 @@ from pathlib import Path
 
 from lab.run_export import export_run
 from lab.runs import META_FILE, METRICS_FILE, find_runs, load_run
+from lab import paths
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = paths.ROOT
 TINY = ROOT / "recipes" / "tiny.yaml"
 TINY_MOE = ROOT / "recipes" / "tiny-moe.yaml"
 PIPELINE = ROOT / "recipes" / "efficientscale-tiny.yaml"

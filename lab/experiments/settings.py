@@ -25,8 +25,9 @@ from typing import Any
 
 from lab.errors import LabError
 from lab.field_rules import non_negative, one_of, positive, rule  # noqa: F401 (the experiments import them from here)
+from lab import paths
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = paths.ROOT
 # The dense source every experiment starts from (a shipped source, `python -m lab sources list`), and the
 # corpus it was pretrained on: continued training stays on the source's own distribution.
 DEFAULT_SOURCE = "data/sources/source-deep"

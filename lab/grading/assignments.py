@@ -19,9 +19,9 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.grading.student import submission_source
+from lab import paths
 
-ASSIGNMENTS_DIR = Path(os.environ.get("LAB_ASSIGNMENTS") or
-                       Path(__file__).resolve().parents[2] / "notebooks" / "assignments")
+ASSIGNMENTS_DIR = Path(os.environ.get("LAB_ASSIGNMENTS") or paths.ASSIGNMENTS_DIR)
 _MARKER = re.compile(r"^#\s*assignment:\s*([A-Za-z0-9_\-]+)\s*$", re.MULTILINE)
 
 

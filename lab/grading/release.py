@@ -23,8 +23,9 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.grading.assignments import ASSIGNMENTS_DIR, available, solution_file, student_file
+from lab import paths
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+REPOSITORY = paths.ROOT
 
 STUDENT_README = """# Course assignments
 

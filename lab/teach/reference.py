@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab.runs import Run, load_run
+from lab import paths
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "data" / "runs"
+REFERENCE_DIR = paths.REFERENCE_RUNS_DIR
 MAKE_THEM = "python -m lab.experiments.reference_runs --out data/runs"
 
 
