@@ -105,16 +105,6 @@ class Phase:
         return self.devices * self.gflops_per_device
 
 
-# AquilaMoE (arXiv 2408.06567) Table 6: 7B preparation, Scale-Up to 16B, Scale-Out to 8x16B, and
-# training the 8x16B from scratch on the same token total.
-AQUILA_TABLE6: tuple[Phase, ...] = (
-    Phase("preparation", 480, 989.5, 7, 3600, 279),
-    Phase("scale-up", 1024, 240, 16, 1200, 70),
-    Phase("scale-out", 1024, 240, 32, 545, 25),
-)
-AQUILA_SCRATCH = Phase("from scratch", 1024, 240, 32, 5345, 25)
-
-
 def savings(phases: tuple[Phase, ...] | list[Phase], scratch: Phase) -> tuple[float, float]:
     """(time savings, compute savings) of training through `phases` instead of `scratch` (Table 6).
 

@@ -33,7 +33,8 @@ import torch
 from IPython.display import display
 
 import lab
-from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, PEAK_FLOPS, active_parameters, flops_per_token, mfu, savings
+from lab.flops import PEAK_FLOPS, active_parameters, flops_per_token, mfu, savings
+from lab.paper import TABLE6, TABLE6_SCRATCH
 from lab.plots.savings import savings_figure
 from lab.plots.style import finish
 from lab.teach.display import setup_plotly
@@ -112,7 +113,7 @@ print(f"{tokens_per_s:,.0f} tokens/s x {flops_per_token(dense, SEQ):.3g} FLOPs/t
 
 # %%
 rows = []
-for phase in [*AQUILA_TABLE6, AQUILA_SCRATCH]:
+for phase in [*TABLE6, TABLE6_SCRATCH]:
     per_device = phase.tokens_per_day_b * 1e9 / 86400 / phase.devices
     rows.append({"phase": phase.name, "params (B)": phase.params_b, "tokens/s per device": per_device,
                  "implied MFU": mfu(per_device, 6 * phase.params_b * 1e9, phase.gflops_per_device * 1e12)})
@@ -137,13 +138,13 @@ pd.Series(PEAK_FLOPS, name="peak FLOP/s (bf16 dense)").to_frame().style.format("
 # %%
 table = pd.DataFrame([{**{k: getattr(p, k) for k in ("name", "devices", "gflops_per_device", "params_b", "tokens_b",
                                                      "tokens_per_day_b")}, "days": p.days}
-                      for p in [*AQUILA_TABLE6, AQUILA_SCRATCH]]).set_index("name")
-time_factor, compute_factor = savings(AQUILA_TABLE6, AQUILA_SCRATCH)
+                      for p in [*TABLE6, TABLE6_SCRATCH]]).set_index("name")
+time_factor, compute_factor = savings(TABLE6, TABLE6_SCRATCH)
 print(f"time savings x{time_factor:.2f}, compute savings x{compute_factor:.2f}")
 table.round(1)
 
 # %%
-savings_figure(AQUILA_TABLE6, AQUILA_SCRATCH)
+savings_figure(TABLE6, TABLE6_SCRATCH)
 
 # %% [markdown]
 # Most of the saving comes from the scale-out model's low throughput (25 B tokens/day): from scratch
@@ -159,7 +160,7 @@ savings_figure(AQUILA_TABLE6, AQUILA_SCRATCH)
 # notebook it shows its initial state.)
 
 # %%
-explorer, explorer_state = savings_explorer(AQUILA_TABLE6, AQUILA_SCRATCH)
+explorer, explorer_state = savings_explorer(TABLE6, TABLE6_SCRATCH)
 display(explorer)
 
 # %% [markdown]
@@ -170,7 +171,7 @@ display(explorer)
 import dataclasses
 
 budgets = [100, 200, 300, 545, 800, 1200, 1800, 2700]
-curve = [savings([*AQUILA_TABLE6[:2], dataclasses.replace(AQUILA_TABLE6[2], tokens_b=b)], AQUILA_SCRATCH)
+curve = [savings([*TABLE6[:2], dataclasses.replace(TABLE6[2], tokens_b=b)], TABLE6_SCRATCH)
          for b in budgets]
 fig = go.Figure([go.Scatter(x=budgets, y=[c[0] for c in curve], name="time savings", mode="lines+markers"),
                  go.Scatter(x=budgets, y=[c[1] for c in curve], name="compute savings", mode="lines+markers")])

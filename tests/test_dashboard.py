@@ -12,7 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import pipeline_records, runs_root, write_run
 from lab.dashboard import sources
-from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, savings
+from lab.flops import savings
+from lab.paper import TABLE6, TABLE6_SCRATCH
 from lab.runs import find_runs
 from train_fixtures import tiny_recipe
 
@@ -109,15 +110,15 @@ def test_empty_or_missing_runs_dir_is_a_message(tmp_path):
 def test_savings_page_shows_the_paper_factors_and_follows_edits(root):
     at = visit(app(root), "compute_savings")
     assert_clean(at, "savings")
-    time_factor, compute_factor = savings(AQUILA_TABLE6, AQUILA_SCRATCH)
+    time_factor, compute_factor = savings(TABLE6, TABLE6_SCRATCH)
     assert metric(at, "time savings") == f"{time_factor:.2f}×" == "4.12×"
     assert metric(at, "compute savings") == f"{compute_factor:.2f}×" == "3.35×"
     # Double the from-scratch token budget (row 3) through the editor's state, as a user's edit does.
-    at.session_state["table6"] = {"edited_rows": {3: {"tokens (B)": 2 * AQUILA_SCRATCH.tokens_b}},
+    at.session_state["table6"] = {"edited_rows": {3: {"tokens (B)": 2 * TABLE6_SCRATCH.tokens_b}},
                                   "added_rows": [], "deleted_rows": []}
     at.run()
     assert_clean(at, "savings after edit")
-    expected = savings(AQUILA_TABLE6, replace(AQUILA_SCRATCH, tokens_b=2 * AQUILA_SCRATCH.tokens_b))
+    expected = savings(TABLE6, replace(TABLE6_SCRATCH, tokens_b=2 * TABLE6_SCRATCH.tokens_b))
     assert metric(at, "time savings") == f"{expected[0]:.2f}×" != "4.12×"
     assert metric(at, "compute savings") == f"{expected[1]:.2f}×" != "3.35×"
 

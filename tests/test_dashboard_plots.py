@@ -12,7 +12,8 @@ import torch
 from dashboard_fixtures import pipeline_records
 from lab.dashboard import explorer, measured
 from lab.errors import LabError
-from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, SECONDS_PER_DAY, savings, scratch_phase
+from lab.flops import SECONDS_PER_DAY, savings, scratch_phase
+from lab.paper import TABLE6, TABLE6_SCRATCH
 from lab.plots.curves import loss_figure, series, stage_boundaries, val_domains
 from lab.plots.experts import (domain_load_from_run, domain_load_steps, expert_load, expert_load_heatmap,
                                router_metrics_figure)
@@ -84,8 +85,8 @@ def test_domain_load_is_read_from_the_latest_eval_record():
 
 
 def test_savings_figure_shows_the_factors_of_lab_flops():
-    fig = savings_figure(AQUILA_TABLE6, AQUILA_SCRATCH)
-    time_factor, compute_factor = savings(AQUILA_TABLE6, AQUILA_SCRATCH)
+    fig = savings_figure(TABLE6, TABLE6_SCRATCH)
+    time_factor, compute_factor = savings(TABLE6, TABLE6_SCRATCH)
     assert f"×{time_factor:.2f}" in fig.layout.title.text and f"×{compute_factor:.2f}" in fig.layout.title.text
     ratios = [a.text for a in fig.layout.annotations if a.text.startswith("×")]
     assert ratios[0] == f"×{time_factor:.2f}" and ratios[-1] == f"×{compute_factor:.2f}"

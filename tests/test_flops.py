@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from lab import DecoderLM, ModelConfig
-from lab.flops import (AQUILA_SCRATCH, AQUILA_TABLE6, Phase, active_parameters, flops_per_token, matmul_parameters, mfu,
-                       savings, total_parameters)
+from lab.flops import (Phase, active_parameters, flops_per_token, matmul_parameters, mfu, savings,
+                       total_parameters)
+from lab.paper import TABLE6, TABLE6_SCRATCH
 
 CONFIGS = {
     "dense": dict(qkv_bias=True),
@@ -47,7 +48,7 @@ def test_mfu():
 
 
 def test_table6_savings_reproduce_the_paper():
-    time, compute = savings(AQUILA_TABLE6, AQUILA_SCRATCH)
+    time, compute = savings(TABLE6, TABLE6_SCRATCH)
     assert round(time, 2) == 4.12
     assert round(compute, 2) == 3.35
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import lab
-from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, savings
+from lab.flops import savings
+from lab.paper import TABLE6, TABLE6_SCRATCH
 from lab.growth import grow_model, growth_maps, plan_growth
 from lab.notebooks import build, execute, notebook_sources, read_notebook
 from lab.teach.fast import fast_mode, pick, progress_enabled
@@ -123,12 +124,12 @@ def test_layer_similarity_diagonals():
 def test_savings_explorer_starts_at_the_paper_and_moves_with_a_slider():
     from lab.teach.savings_widget import savings_explorer
 
-    box, state = savings_explorer(AQUILA_TABLE6, AQUILA_SCRATCH)
+    box, state = savings_explorer(TABLE6, TABLE6_SCRATCH)
     text = box.children[1].value
     assert "×4.12" in text and "×3.35" in text
     scale_out_tokens = box.children[0].children[2].children[0]
     scale_out_tokens.value = scale_out_tokens.value * 2
-    assert state["phases"][2].tokens_b == pytest.approx(AQUILA_TABLE6[2].tokens_b * 2)
+    assert state["phases"][2].tokens_b == pytest.approx(TABLE6[2].tokens_b * 2)
     time_factor, _ = savings(state["phases"], state["scratch"])
     assert time_factor < 4.12
     assert f"×{time_factor:.2f}" in box.children[1].value

@@ -36,7 +36,8 @@ def measured_table(run_dir: Path, baseline_dir: Path | None):
 
 
 def run(args: argparse.Namespace) -> None:
-    from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, savings
+    from lab.flops import savings
+    from lab.paper import TABLE6, TABLE6_SCRATCH
 
     if args.run is not None:
         stages, scratch, source = measured_table(args.run, args.baseline)
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> None:
             from lab.errors import LabError
 
             raise LabError("--baseline needs --run DIR (a pipeline run)")
-        stages, scratch, title = list(AQUILA_TABLE6), AQUILA_SCRATCH, "AquilaMoE Table 6 (arXiv 2408.06567)"
+        stages, scratch, title = list(TABLE6), TABLE6_SCRATCH, "AquilaMoE Table 6 (arXiv 2408.06567)"
     phases = list(stages) + [scratch]
     time_factor, compute_factor = savings(stages, scratch)
     if args.json:

@@ -12,7 +12,8 @@ from dataclasses import replace
 import streamlit as st
 
 from lab.dashboard import measured, sources
-from lab.flops import AQUILA_SCRATCH, AQUILA_TABLE6, Phase, savings, scratch_phase
+from lab.flops import Phase, savings, scratch_phase
+from lab.paper import TABLE6, TABLE6_SCRATCH
 from lab.plots.savings import savings_figure
 
 TABLE_KEY = "table6"
@@ -55,7 +56,7 @@ def paper_table() -> None:
     config = {col: st.column_config.NumberColumn(col, min_value=low, max_value=high, required=True)
               for col, (_, low, high) in COLUMNS.items()}
     config["phase"] = st.column_config.TextColumn("phase", disabled=True)
-    edited = st.data_editor(phase_rows([*AQUILA_TABLE6, AQUILA_SCRATCH]), key=TABLE_KEY, num_rows="fixed",
+    edited = st.data_editor(phase_rows([*TABLE6, TABLE6_SCRATCH]), key=TABLE_KEY, num_rows="fixed",
                             hide_index=True, column_config=config, width="stretch")
     phases = rows_to_phases(edited)
     if isinstance(phases, str):

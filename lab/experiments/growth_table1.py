@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 from lab import paths
+from lab.paper import TABLE1_LOSS
 
 DEFAULT_RECIPE = paths.RECIPES_DIR / "tiny.yaml"
-PAPER = {"source": 2.97, "fpi-width": 2.97, "fpi-stack": 4.30, "fpi-interpolate": 3.31, "aki-stack": 9.56,
-         "aki-pro": 7.81, "random": 12.22}
+PAPER = TABLE1_LOSS
 
 
 @dataclass
