@@ -96,6 +96,7 @@ def run(recipe, steps: int = 30, warmup: int = 3, experts: int | None = None, to
 
 def _run(recipe, cfg, info, steps, warmup, measure_peak, on_step) -> dict:
     from lab.train.setup import build_model, make_optimizer, place_model
+    from lab.train.step import train_step
 
     device, spec = info.device, recipe.data
     if spec.batch_size % info.world_size:
@@ -124,18 +125,13 @@ def _run(recipe, cfg, info, steps, warmup, measure_peak, on_step) -> dict:
                    for _ in range(spec.grad_accum)]
         _sync(device)
         start = time.perf_counter()
-        for ids in batches:
-            with autocast():
-                loss = model(ids, labels=ids).loss
-            (loss / spec.grad_accum).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip or math.inf)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = train_step(model, batches, optimizer, recipe.optim.lr, grad_clip=recipe.optim.grad_clip,
+                          autocast=autocast)["loss"]
         _sync(device)
         seconds = time.perf_counter() - start
         per_device = tokens_per_step / seconds / info.world_size
         record = {"step": step, "seconds": seconds, "tokens_per_s": tokens_per_step / seconds,
-                  "loss": float(loss.detach().float().item()), "warmup": step <= warmup}
+                  "loss": loss, "warmup": step <= warmup}
         if peak is not None:
             record["mfu"] = mfu(per_device, fpt, peak)
         if measured is not None:

@@ -79,18 +79,16 @@ def build_source(cfg: ModelConfig, *, train_steps: int = 0, seed: int = 0,
     model = DecoderLM(cfg)
     if train_steps:
         from lab.data import TrainBatches
+        from lab.train.setup import adamw
+        from lab.train.step import train_step
 
         if train_tokens is None:
             raise LabError("training the source needs the train tokens")
         batches = TrainBatches(train_tokens, SEQ_LEN, BATCH, seed=seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        optimizer = adamw(model, 3e-3, weight_decay=0.0)
         model.train()
         for step in range(train_steps):
-            x = batches.batch(step)
-            loss = model(x, labels=x).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, [batches.batch(step)], optimizer, lr=3e-3)
     return model.eval()
 
 

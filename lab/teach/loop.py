@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lab.data import TrainBatches, load_tokens, validation_batches
+from lab.train.step import train_step
 from lab.flops import flops_per_token
 from lab.runs import MetricsLog, Run
 from lab.teach.fast import pick, progress_enabled
@@ -48,11 +49,6 @@ def val_loss(model, seq_len: int = 64, n_per_domain: int = 4) -> dict[str, float
     return {**losses, "mean": sum(losses.values()) / len(losses)}
 
 
-def make_optimizer(model, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
-    """lab.train's AdamW (decay on matrices only, betas 0.9/0.95) at a fixed `lr`."""
-    return adamw(model, lr, weight_decay=weight_decay)
-
-
 def train_steps(model, steps: int, *, lr: float = 3e-3, warmup: int = 0, batch_size: int | None = None, seq_len: int = 64,
                 seed: int = 0, first_step: int = 0, tokens: int = 0, flops: float = 0.0, eval_every: int = 0,
                 on_step: Callable[[int, object, dict], None] | None = None, desc: str = "train",
@@ -68,7 +64,7 @@ def train_steps(model, steps: int, *, lr: float = 3e-3, warmup: int = 0, batch_s
     cfg = model.config
     per_token = flops_per_token(cfg, seq_len)
     data = train_batches(seq_len, batch_size, seed)
-    optimizer = optimizer or make_optimizer(model, lr)
+    optimizer = optimizer or adamw(model, lr, weight_decay=0.1)  # lab.train's AdamW at a fixed lr
     model.train()
     records = []
 
@@ -81,22 +77,12 @@ def train_steps(model, steps: int, *, lr: float = 3e-3, warmup: int = 0, batch_s
     if eval_every:
         evaluate(first_step)
     for i in tqdm(range(steps), desc=desc, unit="step", disable=not progress_enabled(), leave=False):
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (i + 1) / warmup) if warmup else lr
         ids = data.batch(first_step + i)
-        out = model(ids, labels=ids)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_lr = lr * min(1.0, (i + 1) / warmup) if warmup else lr
+        record = train_step(model, [ids], optimizer, step_lr, grad_clip=1.0)
         tokens += ids.numel()
         flops += ids.numel() * per_token
-        record = {"event": "train", "step": first_step + i + 1, "tokens": tokens, "flops": flops, "loss": out.loss.item(),
-                  "lm_loss": out.lm_loss.item()}
-        if out.aux_loss is not None:
-            record.update(aux_loss=out.aux_loss.item(), z_loss=out.z_loss.item(),
-                          router_loss_aggregation=cfg.router_loss_aggregation,
-                          router_entropy=out.router_entropy.item(), tokens_per_expert=out.tokens_per_expert.tolist())
+        record = {"event": "train", "step": first_step + i + 1, "tokens": tokens, "flops": flops, **record}
         records.append(record)
         if eval_every and ((i + 1) % eval_every == 0 or i + 1 == steps):
             evaluate(first_step + i + 1)

@@ -33,6 +33,7 @@ from lab.train.schedule import learning_rate
 from lab.train.setup import base_config, build_model, check_run_dir, load_data, make_optimizer, place_model
 from lab.train.lock import RunLock
 from lab.train.signals import StopFlag, TrainingStopped
+from lab.train.step import train_step
 
 
 def train(recipe, out_dir, *, max_steps: int | None = None, resume: bool = False, init_from=None,
@@ -144,38 +145,15 @@ class _Run:
 
     # ------------------------------------------------------------------ one step
     def _train_step(self) -> dict:
-        recipe, info, model = self.recipe, self.info, self.model
+        recipe, info = self.recipe, self.info
         accum = recipe.data.grad_accum
         lr = learning_rate(self.step + 1, recipe.optim, recipe.train.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        sums = torch.zeros(5)  # loss, lm_loss, aux_loss, z_loss, router_entropy
-        experts = None
-        for micro in range(accum):
-            ids = self.data.batches.batch(self.step * accum + micro, info.rank, info.world_size).to(info.device)
-            with self.autocast():
-                out = model(ids, labels=ids)
-            (out.loss / accum).backward()
-            values = [out.loss, out.lm_loss]
-            if out.aux_loss is not None:
-                values += [out.aux_loss, out.z_loss, out.router_entropy]
-                counts = out.tokens_per_expert.detach().cpu()
-                experts = counts if experts is None else experts + counts
-            sums[: len(values)] += torch.stack([v.detach().float().cpu() for v in values])
-        clip = recipe.optim.grad_clip if recipe.optim.grad_clip > 0 else math.inf
-        grad_norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        batches = [self.data.batches.batch(self.step * accum + micro, info.rank, info.world_size).to(info.device)
+                   for micro in range(accum)]
+        record = train_step(self.model, batches, self.optimizer, lr, grad_clip=recipe.optim.grad_clip,
+                            autocast=self.autocast, info=info)
         self.step += 1
         self.tokens += self.tokens_per_step
-        means = distributed.all_reduce(sums / accum, info)
-        record = {"loss": means[0].item(), "lm_loss": means[1].item(), "lr": lr, "grad_norm": grad_norm.item()}
-        if experts is not None:
-            experts = distributed.all_reduce(experts, info, op="sum")
-            # Summed losses grow with depth: the record says which kind it holds.
-            record.update(aux_loss=means[2].item(), z_loss=means[3].item(),
-                          router_loss_aggregation=self.cfg.router_loss_aggregation,
-                          router_entropy=means[4].item(), tokens_per_expert=experts.tolist())
         if not math.isfinite(record["loss"]):
             raise LabError(f"the loss is {record['loss']} at step {self.step} (try a lower optim.lr)")
         return record
