@@ -81,6 +81,8 @@ def _training_summary(run_dir: Path) -> dict:
 
 
 def model_card(name: str, cfg, parameters: int, recipe_text: str, summary: dict, losses: dict) -> str:
+    from lab.growth import half_again_deeper
+
     full, short = losses["full"], losses["eval-8x128"]
     rows = "\n".join(f"| {d} | {full[d]:.4f} | {short[d]:.4f} |" for d in data.DOMAINS)
     curve = ", ".join(f"{s}: {v}" for s, v in summary["eval_curve"])
@@ -120,7 +122,7 @@ tokenizer = transformers.AutoTokenizer.from_pretrained("data/sources/{name}")
 
 ```
 python -m lab grow data/sources/{name} OUT --method aki-pro --hidden-size {2 * cfg.dim} --num-heads {2 * cfg.n_heads} \\
-    --intermediate-size {2 * cfg.ffn_dim} --num-layers {cfg.n_layers + max(1, cfg.n_layers // 2)} --depth interpolate
+    --intermediate-size {2 * cfg.ffn_dim} --num-layers {half_again_deeper(cfg.n_layers)} --depth interpolate
 python -m lab upcycle data/sources/{name} OUT --num-experts 8 --top-k 2 --router-loss-aggregation sum
 ```
 

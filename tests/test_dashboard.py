@@ -76,10 +76,18 @@ def test_every_page_renders_without_exception(root_with_real_run):
     for page in PAGES:
         assert_clean(visit(at, page), page)
         assert at.title and at.title[0].value, page
-    # Growth explorer: the default (FPI, width x2, same depth) preserves the function to float rounding.
+    # Growth explorer: by default the shipped pretrained source, grown as the experiments grow it (AKI-Pro,
+    # twice the width, half again the depth): a real change of function on a model that has learned something.
     visit(at, "growth_explorer")
+    assert at.radio(key="src_kind").value == "source-deep"
+    assert float(metric(at, "loss: source")) < 4.5 and float(metric(at, "max |logit gap|")) > 1e-3
+    # FPI with as many layers as the source keeps the function, and the page says the depth rule did nothing.
+    at.selectbox(key="method_source-deep").select("fpi").run()
+    at.number_input(key="tgt_layers_source-deep").set_value(8).run()
+    assert_clean(at, "FPI width-only on the shipped source")
     assert float(metric(at, "max |logit gap|")) < 1e-4
     assert metric(at, "loss: source") == metric(at, "loss at init: grown")
+    assert any("changes nothing" in note.value for note in at.info)
     # Expert load of the real run: its final/ checkpoint is measured on every validation domain.
     visit(at, "expert_load")
     at.selectbox(key="experts_a").select("real/moe").run()

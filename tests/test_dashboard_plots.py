@@ -155,3 +155,43 @@ def test_dashboard_command_checks_its_arguments(tmp_path):
         command(argparse.Namespace(runs=str(tmp_path / "missing"), port=8600, host="127.0.0.1"))
     with pytest.raises(argparse.ArgumentTypeError):
         port_number("70000")
+
+
+def test_the_explorer_defaults_to_a_shipped_source_grown_deeper():
+    from lab.sources import SOURCES_DIR
+
+    source = explorer.shipped_source("source-deep")  # committed with the project: a missing file fails
+    assert (SOURCES_DIR / "source-deep" / "config.json").is_file() and not source.training
+    target = explorer.default_target(source.config)
+    assert target == {"dim": 256, "n_heads": 8, "ffn_dim": 704, "n_layers": 12}
+    plan = explorer.plan_for(source.config, method="aki-pro", depth="interpolate", **target)
+    assert plan.target.n_layers > plan.source.n_layers and explorer.choice_notes(plan) == []
+    with pytest.raises(LabError, match="the shipped ones are"):
+        explorer.shipped_source("no-such-source")
+
+
+def test_the_explorer_says_which_choices_coincide():
+    mha = explorer.source_config(dim=32, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=64)
+    same_depth = explorer.plan_for(mha, method="aki-pro", depth="identity", dim=64, n_layers=2, n_heads=8, ffn_dim=128)
+    notes = " ".join(explorer.choice_notes(same_depth))
+    assert "changes nothing" in notes and "AKI-Pro equals AKI" in notes and "with identity depth" in notes
+    # What the note says holds: on a source without key-value groups AKI-Pro grows exactly AKI's model.
+    from lab.growth import grow_model
+
+    source = explorer.build_source(mha, seed=0)
+    grown = [grow_model(source, explorer.plan_for(mha, method=m, depth="stack", dim=64, n_layers=3, n_heads=8,
+                                                  ffn_dim=128)).state_dict() for m in ("aki", "aki-pro")]
+    assert grown[0].keys() == grown[1].keys() and all(torch.equal(grown[0][k], grown[1][k]) for k in grown[0])
+    no_new_units = explorer.plan_for(mha, method="aki", depth="stack", dim=32, n_layers=3, n_heads=4, ffn_dim=64)
+    assert explorer.choice_notes(no_new_units) == [
+        "No new units: AKI only changes how new units are filled, so here it gives FPI's model."]
+
+
+def test_relative_init_loss_bars_start_at_the_source():
+    from lab.plots.growth import init_loss_figure
+
+    fig = init_loss_figure({"a": 3.70, "b": 3.62}, source_loss=3.60, relative=True)
+    assert list(fig.data[0].y) == pytest.approx([0.10, 0.02])
+    assert "3.700 (+0.100)" in fig.data[0].text[0]
+    with pytest.raises(ValueError):
+        init_loss_figure({"a": 1.0}, relative=True)

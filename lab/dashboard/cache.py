@@ -48,6 +48,11 @@ def source_model(cfg: ModelConfig, train_steps: int, seed: int):
     return explorer.build_source(cfg, train_steps=train_steps, seed=seed, train_tokens=tokens)
 
 
+@st.cache_resource(max_entries=2, show_spinner="loading the pretrained source...")
+def shipped_source(name: str):
+    return explorer.shipped_source(name)
+
+
 @st.cache_resource(max_entries=4, show_spinner="upcycling a small model...")
 def demo_moe(n_experts: int, top_k: int, routing: str, seed: int):
     cfg = explorer.source_config(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176)

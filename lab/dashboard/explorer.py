@@ -3,6 +3,11 @@
 Every size a user can ask for is bounded by `LIMITS` (checked here, not only by the widgets), so no
 request can build a model larger than a few tens of millions of parameters.
 
+- `shipped_source`: a pretrained source of data/sources (the default: growth is only worth watching on a
+  model that has learned something), or `build_source` for a small custom one (random, or briefly trained);
+  `default_target`: twice the width and heads, half again the depth, as the lab's experiments grow;
+  `choice_notes`: which choices coincide (a depth rule with no new layers, AKI-Pro on a model without
+  key-value groups) so the page can say why two of them give the same model.
 - `grow_and_compare`: Scale-Up of an in-memory model (`lab.growth.plan_growth` + `grow_model`), then
   the largest logit gap and both losses on validation windows (`lab.verify.compare`): FPI with an
   integer width ratio and no new layers (or identity blocks) gives a gap at float rounding; stacking,
@@ -30,7 +35,9 @@ from lab.verify import compare
 LIMITS: dict[str, tuple[int, int]] = {"dim": (16, 512), "n_layers": (1, 12), "n_heads": (1, 16),
                                       "ffn_dim": (16, 2048), "train_steps": (0, 100)}
 SOURCE_MAX = {"dim": 256, "n_layers": 6, "n_heads": 8, "ffn_dim": 1024}
-SEQ_LEN, N_PER_DOMAIN, BATCH = 64, 2, 4
+# 8 windows of 64 tokens per domain: the comparison is on 2,048 tokens, a fraction of a second for every model
+# the limits allow.
+SEQ_LEN, N_PER_DOMAIN, BATCH = 64, 8, 4
 # The growth rules of paper Table 1, as (label, method, depth).
 RULES: tuple[tuple[str, str, str], ...] = (("FPI + stacking", "fpi", "stack"),
                                            ("FPI + interpolation", "fpi", "interpolate"),
@@ -90,6 +97,44 @@ def build_source(cfg: ModelConfig, *, train_steps: int = 0, seed: int = 0,
         for step in range(train_steps):
             train_step(model, [batches.batch(step)], optimizer, lr=3e-3)
     return model.eval()
+
+
+def shipped_source(name: str) -> DecoderLM:
+    """The shipped pretrained source `name` (lab.sources.SOURCE_NAMES) in fp32, in eval mode."""
+    from lab.checkpoint import load_pretrained
+    from lab.sources import SOURCE_NAMES, SOURCES_DIR
+
+    if name not in SOURCE_NAMES:
+        raise LabError(f"source {name!r}: the shipped ones are {', '.join(SOURCE_NAMES)}")
+    return load_pretrained(SOURCES_DIR / name, dtype=torch.float32).eval()
+
+
+def default_target(cfg: ModelConfig) -> dict[str, int]:
+    """Twice the hidden size, heads and intermediate size, half again the layers (lab.growth.half_again_deeper):
+    the growth of the lab's experiments, capped at the explorer's limits."""
+    from lab.growth import half_again_deeper
+
+    wanted = {"dim": 2 * cfg.dim, "n_heads": 2 * cfg.n_heads, "ffn_dim": 2 * cfg.ffn_dim,
+              "n_layers": half_again_deeper(cfg.n_layers)}
+    return {k: min(v, LIMITS[k][1]) for k, v in wanted.items()}
+
+
+def choice_notes(plan: GrowthPlan) -> list[str]:
+    """Why the chosen method or depth rule gives the same model as another choice would, if it does."""
+    s, t = plan.source, plan.target
+    notes = []
+    if t.n_layers == s.n_layers:
+        notes.append(f"The target has as many layers as the source ({s.n_layers}): the depth rule "
+                     f"({plan.depth}) changes nothing. Add layers to see stacking, interpolation and identity differ.")
+    if plan.method in ("aki", "aki-pro") and (t.dim, t.ffn_dim, t.n_heads) == (s.dim, s.ffn_dim, s.n_heads):
+        notes.append("No new units: AKI only changes how new units are filled, so here it gives FPI's model.")
+    if plan.method == "aki-pro" and s.n_kv_heads == s.n_heads:
+        notes.append("The source has no key-value groups (as many kv heads as heads): AKI-Pro's grouped-query rule "
+                     "is then AKI's rule, and AKI-Pro equals AKI with the same depth rule.")
+    if plan.method == "aki-pro" and plan.depth != "interpolate":
+        notes.append(f"AKI-Pro is the paper's name for AKI's width rule for grouped-query attention with "
+                     f"interpolation depth; with {plan.depth} depth this is that width rule with {plan.depth} depth.")
+    return notes
 
 
 def plan_for(source: ModelConfig, *, method: str, depth: str, dim: int, n_layers: int, n_heads: int,

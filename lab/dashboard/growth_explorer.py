@@ -1,9 +1,11 @@
-"""Page: grow a small model live and see what each Scale-Up method keeps (AquilaMoE 2.2.1, Table 1).
+"""Page: grow a model live and see what each Scale-Up method keeps (AquilaMoE 2.2.1, Table 1).
 
-The source is a small Aquila-style decoder built in memory (random, or trained for a few seconds on
-the shipped corpus); the target and method are chosen here; the result shows the largest logit gap
-against the source, the validation loss before and after, and both parameter counts. Every size is
-bounded (`explorer.LIMITS`), so a request takes seconds and little memory.
+The source is by default a shipped pretrained source (data/sources: a model that has learned something,
+so what growth keeps and loses shows in its loss), or a small custom decoder built in memory (random, or
+trained for a few seconds). The target defaults to the lab's experiments' growth (twice the width, half
+again the depth); the result shows the largest logit gap against the source, the validation loss before
+and after, both parameter counts, and which choices coincide. Every size is bounded (`explorer.LIMITS`),
+so a request takes seconds and little memory.
 """
 
 from __future__ import annotations
@@ -23,8 +25,28 @@ def _int(col, label: str, name: str, value: int, key: str, upper: int | None = N
                                 key=key, help=help))
 
 
+CUSTOM = "custom (built here)"
+
+
+def shipped_names() -> list[str]:
+    from lab.sources import SOURCE_NAMES, SOURCES_DIR
+
+    return [name for name in SOURCE_NAMES if (SOURCES_DIR / name / "config.json").is_file()]
+
+
 def source_inputs():
+    """(the source model, a key naming it for the target's widgets)."""
     st.subheader("Source")
+    choice = st.radio("source", [*shipped_names(), CUSTOM], horizontal=True, key="src_kind",
+                      help="a pretrained source of data/sources (python -m lab sources list), or a small model "
+                           "built and briefly trained here")
+    if choice != CUSTOM:
+        model = cache.shipped_source(choice)
+        cfg = model.config
+        st.caption(f"{choice}: {cfg.n_layers} layers, hidden size {cfg.dim}, {cfg.n_heads} heads in "
+                   f"{cfg.n_kv_heads} key-value groups, intermediate size {cfg.ffn_dim}; pretrained on the "
+                   "lab's corpus (its model card: data/sources/" + choice + "/README.md).")
+        return model, choice
     c = st.columns(6)
     dim = _int(c[0], "dim", "dim", 64, "src_dim", explorer.SOURCE_MAX["dim"], step=16)
     layers = _int(c[1], "layers", "n_layers", 2, "src_layers", explorer.SOURCE_MAX["n_layers"])
@@ -34,19 +56,24 @@ def source_inputs():
     steps = _int(c[5], "train steps", "train_steps", 20, "src_steps",
                  help="AdamW steps on the shipped corpus before growing (0: a random model)")
     cfg = explorer.source_config(dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv, ffn_dim=ffn)
-    return cfg, steps
+    return cache.source_model(cfg, steps, 0), f"custom-{dim}-{layers}-{heads}-{kv}-{ffn}"
 
 
-def target_inputs(cfg):
+def target_inputs(cfg, source_key: str):
     st.subheader("Target and method")
+    # Widget keys carry the source: another source brings its own defaults.
+    key = lambda name: f"{name}_{source_key}"  # noqa: E731
+    wanted = explorer.default_target(cfg)
     c = st.columns(6)
-    method = c[0].selectbox("method", METHODS, index=2 if cfg.n_kv_heads != cfg.n_heads else 0, key="method")
-    depth = c[1].selectbox("depth", DEPTH_KINDS, index=1 if method == "aki-pro" else 0, key="depth")
-    dim = _int(c[2], "dim", "dim", 2 * cfg.dim, "tgt_dim", step=16)
-    layers = _int(c[3], "layers", "n_layers", cfg.n_layers, "tgt_layers")
-    heads = _int(c[4], "heads", "n_heads", 2 * cfg.n_heads, "tgt_heads")
-    ffn = _int(c[5], "ffn_dim", "ffn_dim", 2 * cfg.ffn_dim, "tgt_ffn", step=16)
-    noise = st.slider("symmetric noise (relative std)", 0.0, 0.1, 0.0, 0.01, key="noise")
+    method = c[0].selectbox("method", METHODS, index=2 if cfg.n_kv_heads != cfg.n_heads else 0, key=key("method"))
+    depth = c[1].selectbox("depth", DEPTH_KINDS, index=DEPTH_KINDS.index("interpolate" if method == "aki-pro" else "stack"),
+                           key=key("depth"))
+    dim = _int(c[2], "dim", "dim", wanted["dim"], key("tgt_dim"), step=16)
+    layers = _int(c[3], "layers", "n_layers", wanted["n_layers"], key("tgt_layers"),
+                  help="more layers than the source: the depth rule decides what fills them")
+    heads = _int(c[4], "heads", "n_heads", wanted["n_heads"], key("tgt_heads"))
+    ffn = _int(c[5], "ffn_dim", "ffn_dim", wanted["ffn_dim"], key("tgt_ffn"), step=16)
+    noise = st.slider("symmetric noise (relative std)", 0.0, 0.1, 0.0, 0.01, key=key("noise"))
     return dict(method=method, depth=depth, dim=dim, n_layers=layers, n_heads=heads, ffn_dim=ffn, noise=noise)
 
 
@@ -61,7 +88,10 @@ def show_result(result: explorer.GrowthResult) -> None:
                 delta_color="off")
     exact = result.plan.is_exact
     st.caption(f"{'Function-preserving' if exact else 'Not function-preserving'} by construction "
-               f"(`GrowthPlan.is_exact` = {exact}); grown and compared in {result.seconds:.2f} s.")
+               f"(`GrowthPlan.is_exact` = {exact}); grown and compared in {result.seconds:.2f} s on "
+               f"{explorer.N_PER_DOMAIN} validation windows of {explorer.SEQ_LEN} tokens per domain.")
+    for note in explorer.choice_notes(result.plan):
+        st.info(note)
     s, t = result.plan.source, result.plan.target
     orders = {kind: layer_order(s.n_layers, t.n_layers, kind) for kind in DEPTH_KINDS}
     inserted = {"identity": inserted_copies(orders["identity"])}
@@ -76,13 +106,13 @@ def show_result(result: explorer.GrowthResult) -> None:
 def render() -> None:
     st.title("Growth explorer")
     try:
-        cfg, steps = source_inputs()
-        target = target_inputs(cfg)
+        source, source_key = source_inputs()
+        cfg = source.config
+        target = target_inputs(cfg, source_key)
         plan = explorer.plan_for(cfg, **target)
     except LabError as e:
         st.error(str(e))
         return
-    source = cache.source_model(cfg, steps, 0)
     tokens = cache.window_batch()
     with st.spinner("growing..."):
         show_result(explorer.grow_and_compare(source, plan, tokens))
@@ -90,9 +120,11 @@ def render() -> None:
         sizes = {k: target[k] for k in ("dim", "n_layers", "n_heads", "ffn_dim")}
         results = explorer.compare_methods(source, tokens, **sizes)
         losses = {k: r.grown_loss for k, r in results.items() if not isinstance(r, str)}
-        st.plotly_chart(init_loss_figure(losses, source_loss=next(iter(
-            r.source_loss for r in results.values() if not isinstance(r, str)), None),
-            title="validation loss at initialisation"), width="stretch", key="all_methods")
+        source_loss = next(iter(r.source_loss for r in results.values() if not isinstance(r, str)), None)
+        if source_loss is not None:
+            st.plotly_chart(init_loss_figure(losses, source_loss=source_loss, relative=True,
+                                             title="validation loss at initialisation, above the source's"),
+                            width="stretch", key="all_methods")
         for k, r in results.items():
             if isinstance(r, str):
                 st.caption(f"{k}: not applicable ({r})")

@@ -109,7 +109,7 @@ def run(out: Path, *, source: Path | None = None, recipe: Path = DEFAULT_RECIPE,
         seed: int = 0, report=print) -> list[Row]:
     """Train (or take) the source, grow it six ways, evaluate, continue training each for `steps` steps."""
     from lab.checkpoint import read_config
-    from lab.growth import grow_checkpoint, plan_growth
+    from lab.growth import grow_checkpoint, half_again_deeper, plan_growth
 
     out.mkdir(parents=True, exist_ok=True)
     if source is None:
@@ -120,7 +120,7 @@ def run(out: Path, *, source: Path | None = None, recipe: Path = DEFAULT_RECIPE,
         summary = train(short_recipe(recipe, "table1-source", "pretrain", source_steps), out / "source")
         source = final_checkpoint(summary, out / "source")
     cfg, _ = read_config(source)
-    num_layers = num_layers or cfg.n_layers + max(1, cfg.n_layers // 2)
+    num_layers = num_layers or half_again_deeper(cfg.n_layers)
     rows = [Row("source", "source (original)", shape(cfg), validation_loss(source, seq_len))]
     report(f"source {shape(cfg)}: validation loss {rows[0].loss_grown:.4f}")
     grown: dict[str, Path] = {}

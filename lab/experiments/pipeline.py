@@ -82,7 +82,9 @@ def stage_train(settings: Settings, steps: int) -> dict:
 
 def pipeline_values(settings: Settings, seed: int, cfg) -> dict:
     """The pipeline recipe (lab.pipeline.recipe's schema) of one seed, without its baseline."""
-    n_layers = settings.n_layers or cfg.n_layers + max(1, cfg.n_layers // 2)
+    from lab.growth import half_again_deeper
+
+    n_layers = settings.n_layers or half_again_deeper(cfg.n_layers)
     r = settings.width_ratio
     stage = {"dense": (settings.dense_steps, settings.dense_lr), "grown": (settings.grow_steps, settings.grow_lr),
              "moe": (settings.moe_steps, settings.moe_lr)}

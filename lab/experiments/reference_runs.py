@@ -94,12 +94,13 @@ def growth_runs(work: Path, out: Path, source_run: Path, steps: int, report=prin
     """Paper Table 1 at toy scale: grow the source eight ways and continue each with the tiny recipe."""
     from lab.checkpoint import read_config
     from lab.experiments.growth_table1 import random_init, rows_to_grow
+    from lab.growth import half_again_deeper
     from lab.growth import grow_checkpoint, plan_growth
     from lab.train import train
 
     source = source_run / "final"
     cfg, _ = read_config(source)
-    n_layers = cfg.n_layers + max(1, cfg.n_layers // 2)
+    n_layers = half_again_deeper(cfg.n_layers)
     export_run(source_run, out / "growth" / "source",
                f"the dense source of the growth comparison: the tiny recipe, M({cfg.n_layers}, {cfg.dim})")
     rows = rows_to_grow(cfg, n_layers)

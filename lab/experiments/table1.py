@@ -57,8 +57,9 @@ class Settings(CommonSettings):
 def growth_requests(settings: Settings, cfg) -> list[tuple[str, dict]]:
     """(row, plan_growth arguments) of the five grown rows."""
     from lab.experiments.growth_table1 import rows_to_grow
+    from lab.growth import half_again_deeper
 
-    n_layers = settings.n_layers or cfg.n_layers + max(1, cfg.n_layers // 2)
+    n_layers = settings.n_layers or half_again_deeper(cfg.n_layers)
     return [(key, request) for key, _, request in rows_to_grow(cfg, n_layers)]
 
 

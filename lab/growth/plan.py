@@ -79,6 +79,12 @@ def _kv_heads(source: ModelConfig, n_heads: int, n_kv_heads: int | None) -> int:
     return n_kv_heads
 
 
+def half_again_deeper(n_layers: int) -> int:
+    """The lab's default target depth for its experiments and pages: half again as many layers, at least
+    one more (8 -> 12, 4 -> 6, 1 -> 2). (The paper's Scale-Up adds a quarter, 32 -> 40.)"""
+    return n_layers + max(1, n_layers // 2)
+
+
 def plan_growth(source: ModelConfig, *, method: str = "fpi", dim: int | None = None, ffn_dim: int | None = None,
                 n_layers: int | None = None, n_heads: int | None = None, n_kv_heads: int | None = None,
                 depth: str | None = None, map: str = "cyclic", noise: float = 0.0, seed: int = 0) -> GrowthPlan:

@@ -40,16 +40,29 @@ def layer_order_figure(orders: Mapping[str, Sequence[int]], *, inserted: Mapping
     return finish(fig, title, height=120 + 50 * len(names), legend=False)
 
 
-def init_loss_figure(losses: Mapping[str, float], *, source_loss: float | None = None,
+def init_loss_figure(losses: Mapping[str, float], *, source_loss: float | None = None, relative: bool = False,
                      title: str | None = None) -> go.Figure:
-    """Bars of validation loss at initialisation per method, with the source model's loss as a line."""
+    """Bars of validation loss at initialisation per method, with the source model's loss as a line.
+
+    With `relative` (and a `source_loss`) each bar is the loss above the source's, from 0: differences of
+    a few hundredths stay visible next to losses of 3 or 4, and the axis still starts at zero.
+    """
     names = list(losses)
-    fig = go.Figure(go.Bar(x=names, y=[losses[n] for n in names], marker_color=[color(i) for i in range(len(names))],
-                           text=[f"{losses[n]:.3f}" for n in names], textposition="outside"))
-    if source_loss is not None:
-        fig.add_hline(y=source_loss, line_dash="dash", annotation_text=f"source {source_loss:.3f}",
+    if relative and source_loss is None:
+        raise ValueError("relative bars need the source's loss")
+    heights = [losses[n] - source_loss if relative else losses[n] for n in names]
+    text = [f"{losses[n]:.3f} ({losses[n] - source_loss:+.3f})" if relative else f"{losses[n]:.3f}" for n in names]
+    fig = go.Figure(go.Bar(x=names, y=heights, marker_color=[color(i) for i in range(len(names))],
+                           text=text, textposition="outside"))
+    if relative:
+        fig.add_hline(y=0, line_dash="dash", annotation_text=f"source {source_loss:.3f}",
                       annotation_position="top left")
-    fig.update_yaxes(title="validation loss at init")
+        fig.update_yaxes(title="validation loss at init − source's (nats)")
+    else:
+        if source_loss is not None:
+            fig.add_hline(y=source_loss, line_dash="dash", annotation_text=f"source {source_loss:.3f}",
+                          annotation_position="top left")
+        fig.update_yaxes(title="validation loss at init (nats)")
     return finish(fig, title, height=360, legend=False)
 
 
