@@ -298,7 +298,10 @@ def test_claims_file_shape_and_every_verdict_recomputes(tmp_path):
         assert ("tolerance" in entry) == (entry["kind"] == "equal")
         assert entry["seeds"] == [0, 1, 2] and len(entry["a_values"]) == len(entry["b_values"]) == 3
         assert entry["verdict"] == verdict(entry["a_values"], entry["b_values"], entry["kind"], entry.get("tolerance"))
+        constant = len(set(entry["a_values"])) == len(set(entry["b_values"])) == 1
+        assert entry["same_on_every_seed"] is constant
     assert {e["verdict"] for e in result["claims"]} >= {"holds", "contradicted"}
+    assert {e["same_on_every_seed"] for e in result["claims"]} == {True, False}  # the made-up values have both
 
 
 def test_claims_command_writes_the_file_and_refuses_too_few_seeds(tmp_path, capsys):

@@ -16,7 +16,8 @@ The claims file (`python -m lab experiments claims DIR... --json OUT`):
 
     {"rule": RULE, "experiments": {name: [dirs]},
      "claims": [{"id", "text", "paper", "kind", "tolerance" (equal only), "a", "b", "experiment",
-                 "a_measurement", "b_measurement", "seeds", "a_values", "b_values", "verdict"}]}
+                 "a_measurement", "b_measurement", "seeds", "a_values", "b_values", "verdict",
+                 "same_on_every_seed"}]}
 """
 
 from __future__ import annotations
@@ -189,6 +190,9 @@ def evaluate_claim(claim: Claim, seeds: dict[int, dict]) -> dict:
     entry.update(a=claim.a, b=claim.b, experiment=claim.experiment, a_measurement=claim.a_measurement,
                  b_measurement=claim.b_measurement, seeds=order, a_values=a_values, b_values=b_values,
                  verdict=result)
+    # Growth with the cyclic map and no noise has nothing random in it: every seed measures the same pair,
+    # and the verdict is the sign of one deterministic gap, not a mean over replicates. Said, not hidden.
+    entry["same_on_every_seed"] = len(set(a_values)) == 1 and len(set(b_values)) == 1
     return entry
 
 
@@ -243,6 +247,9 @@ def format_markdown(entries: list[dict]) -> str:
         claim = f"{e['id']}: {e['text']}"
         if e["kind"] == "equal":
             claim += f" (within {e['tolerance']:g})"
+        difference = f"{r['mean_d']:+.4f} ± {r['se_d']:.4f}"
+        if e.get("same_on_every_seed"):
+            difference = f"{r['mean_d']:+.4f} (the same on every seed: nothing random)"
         lines.append(f"| {claim} | {e['paper']} | **{e['verdict']}** | {e['a']}: {_spread(e['a_values'])} "
-                     f"| {e['b']}: {_spread(e['b_values'])} | {r['mean_d']:+.4f} ± {r['se_d']:.4f} | {span} |")
+                     f"| {e['b']}: {_spread(e['b_values'])} | {difference} | {span} |")
     return "\n".join(lines)
