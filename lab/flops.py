@@ -20,9 +20,11 @@ beyond the lab's config, so notebooks and the dashboard can use it freely.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lab.config import ModelConfig
+
+SECONDS_PER_DAY = 86_400
 
 # Dense (no sparsity) bf16 tensor-core peak per device, in FLOP/s, from the vendors' data sheets.
 PEAK_FLOPS: dict[str, float] = {
@@ -87,11 +89,16 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float
 # ---------------------------------------------------------------------------- paper Table 6
 @dataclass(frozen=True)
 class Phase:
-    """One training phase of AquilaMoE's Table 6: its cluster, model size and token budget."""
+    """One training phase of AquilaMoE's Table 6: its cluster, model size and token budget.
+
+    `tflops_per_device` is in TFLOP/s (10^12 FLOP per second) per device: the paper's 989.5 and 240 are
+    per-device rates of that order, and a measured phase holds its achieved rate. `params_b` is the
+    model's (active) size in billions, the N of 6N.
+    """
 
     name: str
     devices: int
-    gflops_per_device: float
+    tflops_per_device: float
     params_b: float
     tokens_b: float
     tokens_per_day_b: float
@@ -101,37 +108,53 @@ class Phase:
         return self.tokens_b / self.tokens_per_day_b
 
     @property
-    def gflops(self) -> float:
-        return self.devices * self.gflops_per_device
+    def tflops(self) -> float:
+        """The cluster's rate, TFLOP/s."""
+        return self.devices * self.tflops_per_device
+
+    @property
+    def utilisation(self) -> float:
+        """The share of the cluster's rate the phase's throughput implies: 6N FLOPs per token x tokens per
+        second / (devices x TFLOP/s per device)."""
+        flops_per_s = 6 * self.params_b * 1e9 * self.tokens_per_day_b * 1e9 / SECONDS_PER_DAY
+        return flops_per_s / (self.tflops * 1e12)
+
+    def on_cluster(self, *, devices: int | None = None, tflops_per_device: float | None = None) -> "Phase":
+        """The same model and tokens on another cluster at the same utilisation: tokens per day follow
+        the cluster's rate (twice the devices or twice the rate per device, twice the tokens per day)."""
+        devices = self.devices if devices is None else int(devices)
+        rate = self.tflops_per_device if tflops_per_device is None else float(tflops_per_device)
+        scale = devices * rate / self.tflops
+        return replace(self, devices=devices, tflops_per_device=rate, tokens_per_day_b=self.tokens_per_day_b * scale)
 
 
 def savings(phases: tuple[Phase, ...] | list[Phase], scratch: Phase) -> tuple[float, float]:
     """(time savings, compute savings) of training through `phases` instead of `scratch` (Table 6).
 
-    time = (N_s / R_s) / sum_i (N_i / R_i); compute = (N_s / R_s * GFLOPS_s) / sum_i (N_i / R_i * GFLOPS_i),
-    with N tokens, R tokens per day and GFLOPS = devices x GFLOPS per device. The paper reports 4.12
-    and 3.35 for its own numbers.
+    time = (N_s / R_s) / sum_i (N_i / R_i); compute = (N_s / R_s * C_s) / sum_i (N_i / R_i * C_i), with
+    N tokens, R tokens per day and C = devices x TFLOP/s per device, the cluster's rate. The paper
+    reports 4.12 and 3.35 for its own numbers. A phase moved to a slower cluster at the same utilisation
+    (`Phase.on_cluster`) takes longer but spends the same compute.
     """
     time = scratch.days / sum(p.days for p in phases)
-    compute = scratch.days * scratch.gflops / sum(p.days * p.gflops for p in phases)
+    compute = scratch.days * scratch.tflops / sum(p.days * p.tflops for p in phases)
     return time, compute
 
 
 # ------------------------------------------------------------------ Table 6 from a measured run
-SECONDS_PER_DAY = 86_400
 
 
 def measured_phase(name: str, tokens: float, flops: float, tokens_per_s: float, devices: int = 1) -> Phase:
     """A Table 6 row from measured figures: `tokens` trained on at `tokens_per_s`, spending `flops`.
 
-    GFLOPS per device is the achieved rate (FLOPs per token x tokens/s / devices), so days x devices x
-    GFLOPS per device is the phase's measured FLOPs; the model size is FLOPs per token / 6 (the 6N rule,
+    TFLOP/s per device is the achieved rate (FLOPs per token x tokens/s / devices), so days x devices x
+    TFLOP/s per device is the phase's measured FLOPs; the model size is FLOPs per token / 6 (the 6N rule,
     attention included).
     """
     if tokens <= 0 or flops <= 0 or tokens_per_s <= 0 or devices <= 0:
         raise ValueError(f"phase {name!r}: tokens, flops, tokens_per_s and devices must be > 0")
     per_token = flops / tokens
-    return Phase(name, devices, per_token * tokens_per_s / devices / 1e9, per_token / 6 / 1e9, tokens / 1e9,
+    return Phase(name, devices, per_token * tokens_per_s / devices / 1e12, per_token / 6 / 1e9, tokens / 1e9,
                  tokens_per_s * SECONDS_PER_DAY / 1e9)
 
 
@@ -172,5 +195,5 @@ def scratch_phase(phases: list[Phase] | tuple[Phase, ...], baseline: Phase | Non
     throughput of `baseline` (a from-scratch run of that model) when given, else at the last phase's
     (as the paper does: its scratch row takes the Scale-Out cluster's 25 B tokens/day)."""
     like = baseline or phases[-1]
-    return Phase("from scratch", like.devices, like.gflops_per_device, like.params_b,
+    return Phase("from scratch", like.devices, like.tflops_per_device, like.params_b,
                  sum(p.tokens_b for p in phases), like.tokens_per_day_b)

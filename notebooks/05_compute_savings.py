@@ -107,16 +107,15 @@ print(f"{tokens_per_s:,.0f} tokens/s x {flops_per_token(dense, SEQ):.3g} FLOPs/t
 # %% [markdown]
 # **Implied by the paper.** Table 6 gives each phase's throughput in tokens per day on its cluster.
 # With $C_\text{token} \approx 6N$ (the attention term is small at these sizes) the MFU that throughput
-# implies follows. The "GFLOPS per device" column of the table is a per-device peak in units the paper
-# does not spell out; read as TFLOP/s it is the H100/H800 bf16 dense peak (989.5) for preparation and
-# 240 for the other phases' cluster — that reading gives plausible MFUs of 20–35 %:
+# implies follows (`Phase.utilisation`). The table's per-device rate is in TFLOP/s: 989.5 is the
+# H100/H800 bf16 dense peak (preparation), 240 the other phases' devices. The implied MFUs:
 
 # %%
 rows = []
 for phase in [*TABLE6, TABLE6_SCRATCH]:
     per_device = phase.tokens_per_day_b * 1e9 / 86400 / phase.devices
     rows.append({"phase": phase.name, "params (B)": phase.params_b, "tokens/s per device": per_device,
-                 "implied MFU": mfu(per_device, 6 * phase.params_b * 1e9, phase.gflops_per_device * 1e12)})
+                 "implied MFU": phase.utilisation})
 pd.DataFrame(rows).set_index("phase").style.format({"tokens/s per device": "{:,.0f}", "implied MFU": "{:.1%}"})
 
 # %% [markdown]
@@ -128,7 +127,8 @@ pd.Series(PEAK_FLOPS, name="peak FLOP/s (bf16 dense)").to_frame().style.format("
 # %% [markdown]
 # ## 3. Table 6: the two savings factors
 #
-# Each phase $i$ trains $N_i$ tokens at $R_i$ tokens per day on a cluster of $G_i$ GFLOPS in total:
+# Each phase $i$ trains $N_i$ tokens at $R_i$ tokens per day on a cluster of $G_i$ TFLOP/s in total
+# (devices × TFLOP/s per device):
 #
 # $$\text{time savings} = \frac{N_s / R_s}{\sum_i N_i / R_i}, \qquad
 #   \text{compute savings} = \frac{(N_s / R_s)\, G_s}{\sum_i (N_i / R_i)\, G_i},$$
@@ -136,7 +136,7 @@ pd.Series(PEAK_FLOPS, name="peak FLOP/s (bf16 dense)").to_frame().style.format("
 # with $s$ the 8x16B trained from scratch on the same 5,345 B tokens. The paper's figures:
 
 # %%
-table = pd.DataFrame([{**{k: getattr(p, k) for k in ("name", "devices", "gflops_per_device", "params_b", "tokens_b",
+table = pd.DataFrame([{**{k: getattr(p, k) for k in ("name", "devices", "tflops_per_device", "params_b", "tokens_b",
                                                      "tokens_per_day_b")}, "days": p.days}
                       for p in [*TABLE6, TABLE6_SCRATCH]]).set_index("name")
 time_factor, compute_factor = savings(TABLE6, TABLE6_SCRATCH)
@@ -154,14 +154,30 @@ savings_figure(TABLE6, TABLE6_SCRATCH)
 #
 # ### Move the sliders
 #
-# One tab per phase; every slider spans a tenth to ten times the paper's value. Questions to try:
-# what happens to both factors if the scale-out phase gets twice the tokens? If the preparation cluster
-# were as slow as the others? (The widget needs a live kernel: in an executed, static copy of this
-# notebook it shows its initial state.)
+# One tab per phase. The sliders are the figures a team chooses: tokens, devices, each device's rate
+# (TFLOP/s) and the utilisation; tokens per day and days follow from them, as they would on a real
+# cluster (twice the devices, twice the tokens per day at the same utilisation). Every slider spans a
+# tenth to ten times the paper's value (utilisation stops at 1). Questions to try: what happens to both
+# factors if the scale-out phase gets twice the tokens? If the preparation ran on devices as slow as the
+# others'? (The widget needs a live kernel: in an executed, static copy of this notebook it shows its
+# initial state; the next cell answers the second question without it.)
 
 # %%
 explorer, explorer_state = savings_explorer(TABLE6, TABLE6_SCRATCH)
 display(explorer)
+
+# %%
+slow_preparation = TABLE6[0].on_cluster(tflops_per_device=TABLE6[1].tflops_per_device)
+slow = savings([slow_preparation, *TABLE6[1:]], TABLE6_SCRATCH)
+print(f"preparation at {slow_preparation.tflops_per_device:g} TFLOP/s per device: "
+      f"{slow_preparation.tokens_per_day_b:.1f} B tokens/day, {slow_preparation.days:.1f} days "
+      f"(paper: {TABLE6[0].days:.1f})")
+print(f"time savings x{slow[0]:.2f} (paper x{time_factor:.2f}), compute savings x{slow[1]:.2f} (paper x{compute_factor:.2f})")
+
+# %% [markdown]
+# The slower devices make the preparation take about four times longer, so the time savings fall; but
+# the compute it spends (days × the cluster's rate) is the same, so the compute savings do not move.
+# Compute savings are the fairer comparison across clusters for that reason.
 
 # %% [markdown]
 # The same question without sliders: the time factor as a function of the scale-out phase's tokens,

@@ -122,18 +122,23 @@ def test_savings_page_shows_the_paper_factors_and_follows_edits(root):
     assert metric(at, "time savings") == f"{time_factor:.2f}×" == "4.12×"
     assert metric(at, "compute savings") == f"{compute_factor:.2f}×" == "3.35×"
     # Double the from-scratch token budget (row 3) through the editor's state, as a user's edit does.
-    at.session_state["table6"] = {"edited_rows": {3: {"tokens (B)": 2 * TABLE6_SCRATCH.tokens_b}},
-                                  "added_rows": [], "deleted_rows": []}
+    at.session_state["table6-0"] = {"edited_rows": {3: {"tokens (B)": 2 * TABLE6_SCRATCH.tokens_b}},
+                                    "added_rows": [], "deleted_rows": []}
     at.run()
     assert_clean(at, "savings after edit")
     expected = savings(TABLE6, replace(TABLE6_SCRATCH, tokens_b=2 * TABLE6_SCRATCH.tokens_b))
     assert metric(at, "time savings") == f"{expected[0]:.2f}×" != "4.12×"
     assert metric(at, "compute savings") == f"{expected[1]:.2f}×" != "3.35×"
+    # The reset brings the paper's figures back, and the edit does not return on the next run.
+    next(b for b in at.button if "reset" in b.label).click().run()
+    assert metric(at, "time savings") == "4.12×" and metric(at, "compute savings") == "3.35×"
+    at.run()
+    assert metric(at, "time savings") == "4.12×" and metric(at, "compute savings") == "3.35×"
 
 
 def test_savings_page_refuses_an_out_of_range_cell(root):
     at = visit(app(root), "compute_savings")
-    at.session_state["table6"] = {"edited_rows": {0: {"devices": 0}}, "added_rows": [], "deleted_rows": []}
+    at.session_state["table6-0"] = {"edited_rows": {0: {"devices": 0}}, "added_rows": [], "deleted_rows": []}
     at.run()
     assert not at.exception
     assert any("devices" in e.value for e in at.error)

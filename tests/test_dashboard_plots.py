@@ -98,8 +98,8 @@ def test_measured_phases_account_for_every_token_and_flop():
     assert [p.name for p in phases] == list(STAGES)
     trains = run.events("train")
     assert sum(p.tokens_b for p in phases) * 1e9 == pytest.approx(trains[-1]["tokens"])
-    # days x devices x GFLOPS is the FLOPs the run recorded (the Phase fields were measured, not assumed).
-    flops = sum(p.days * SECONDS_PER_DAY * p.gflops * 1e9 for p in phases)
+    # days x devices x TFLOP/s per device is the FLOPs the run recorded (the Phase fields were measured, not assumed).
+    flops = sum(p.days * SECONDS_PER_DAY * p.tflops * 1e12 for p in phases)
     assert flops == pytest.approx(trains[-1]["flops"])
     scratch = scratch_phase(phases)
     assert scratch.tokens_b == pytest.approx(sum(p.tokens_b for p in phases))

@@ -53,6 +53,19 @@ def test_table6_savings_reproduce_the_paper():
     assert round(compute, 2) == 3.35
 
 
+def test_a_slower_cluster_takes_longer_and_spends_the_same_compute():
+    # The consistent reading of "the preparation ran on a cluster half as fast": at the same utilisation its
+    # tokens per day halve, so the time savings fall and the compute (days x the cluster's rate) stays.
+    prep = TABLE6[0]
+    slow = prep.on_cluster(tflops_per_device=prep.tflops_per_device / 2)
+    assert slow.tokens_per_day_b == pytest.approx(prep.tokens_per_day_b / 2)
+    assert slow.utilisation == pytest.approx(prep.utilisation) and 0 < prep.utilisation < 1
+    assert slow.days * slow.tflops == pytest.approx(prep.days * prep.tflops)
+    time, compute = savings([slow, *TABLE6[1:]], TABLE6_SCRATCH)
+    assert time < savings(TABLE6, TABLE6_SCRATCH)[0] and compute == pytest.approx(savings(TABLE6, TABLE6_SCRATCH)[1])
+    assert prep.on_cluster(devices=2 * prep.devices).tokens_per_day_b == pytest.approx(2 * prep.tokens_per_day_b)
+
+
 def test_savings_are_one_against_itself():
     phase = Phase("x", 8, 100.0, 1, 10, 2)
     assert savings([phase], phase) == pytest.approx((1.0, 1.0))

@@ -134,6 +134,14 @@ def test_savings_explorer_starts_at_the_paper_and_moves_with_a_slider():
     assert time_factor < 4.12
     assert f"×{time_factor:.2f}" in box.children[1].value
     assert f"×{time_factor:.2f}" in box.children[2].layout.title.text
+    # Linked figures: the preparation on devices half as fast takes longer and spends the same compute.
+    before = savings(state["phases"], state["scratch"])
+    prep_rate = box.children[0].children[0].children[2]
+    prep_rate.value = prep_rate.value / 2
+    after = savings(state["phases"], state["scratch"])
+    assert after[0] < before[0] and after[1] == pytest.approx(before[1])
+    assert state["phases"][0].tokens_per_day_b == pytest.approx(TABLE6[0].tokens_per_day_b / 2)
+    assert f"{state['phases'][0].tokens_per_day_b:,.1f} B" in box.children[0].children[0].children[-1].value
 
 
 # ------------------------------------------------------------------ reference runs

@@ -57,7 +57,7 @@ def test_measured_phase_spends_the_measured_flops():
     p = measured_phase("x", tokens=3e6, flops=4.5e15, tokens_per_s=2500.0, devices=4)
     assert p.tokens_b * 1e9 == pytest.approx(3e6)
     assert p.days * SECONDS_PER_DAY == pytest.approx(3e6 / 2500.0)
-    assert p.days * SECONDS_PER_DAY * p.gflops * 1e9 == pytest.approx(4.5e15)  # time x FLOP/s = FLOPs
+    assert p.days * SECONDS_PER_DAY * p.tflops * 1e12 == pytest.approx(4.5e15)  # time x FLOP/s = FLOPs
     assert p.params_b * 1e9 * 6 == pytest.approx(4.5e15 / 3e6)
 
 

@@ -51,17 +51,17 @@ def run(args: argparse.Namespace) -> None:
     phases = list(stages) + [scratch]
     time_factor, compute_factor = savings(stages, scratch)
     if args.json:
-        rows = [{"phase": p.name, "devices": p.devices, "gflops_per_device": p.gflops_per_device,
+        rows = [{"phase": p.name, "devices": p.devices, "tflops_per_device": p.tflops_per_device,
                  "params_b": p.params_b, "tokens_b": p.tokens_b, "tokens_per_day_b": p.tokens_per_day_b,
                  "days": p.days} for p in phases]
         print(json.dumps({"source": title, "phases": rows, "time_savings": time_factor,
                           "compute_savings": compute_factor}, indent=2))
         return
     print(title)
-    print(f"{'phase':<14}{'devices':>8}{'GFLOPS/dev':>12}{'model (B)':>11}{'tokens (B)':>12}"
+    print(f"{'phase':<14}{'devices':>8}{'TFLOP/s/dev':>12}{'model (B)':>11}{'tokens (B)':>12}"
           f"{'tokens/day (B)':>16}{'days':>8}")
     for p in phases:
-        print(f"{p.name:<14}{p.devices:>8} {p.gflops_per_device:>11.4g} {p.params_b:>10.4g} {p.tokens_b:>11.4g}"
+        print(f"{p.name:<14}{p.devices:>8} {p.tflops_per_device:>11.4g} {p.params_b:>10.4g} {p.tokens_b:>11.4g}"
               f" {p.tokens_per_day_b:>15.4g} {p.days:>7.4g}")
     print(f"time savings factor:    {time_factor:.2f}")
     print(f"compute savings factor: {compute_factor:.2f}")
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("savings", help="the paper's compute savings (Table 6), or a pipeline run's",
                               description="Time savings = scratch days / sum of the phases' days; compute "
-                                          "savings weighs each by its cluster's GFLOPS (lab/flops.py). With "
+                                          "savings weighs each by its cluster's TFLOP/s (lab/flops.py). With "
                                           "--run, each phase is a stage of a pipeline run, measured: its "
                                           "tokens, FLOPs and median tokens/s; the from-scratch row is the "
                                           "final model on all the stages' tokens at the baseline's measured "

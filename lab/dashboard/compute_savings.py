@@ -1,7 +1,7 @@
 """Page: the compute savings of EfficientScale (AquilaMoE Table 6), editable, and from a run's records.
 
 The factors are `lab.flops.savings`: time = scratch days / the phases' days (4.12 for the paper's
-figures), compute = the same weighted by each cluster's GFLOPS (3.35). Edit a cell and both update.
+figures), compute = the same weighted by each cluster's rate in TFLOP/s (3.35). Edit a cell and both update.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from lab.paper import TABLE6, TABLE6_SCRATCH
 from lab.plots.savings import savings_figure
 
 TABLE_KEY = "table6"
+VERSION_KEY = "table6_version"
 # column: (Phase field, min, max); the bounds keep every figure positive and finite.
-COLUMNS = {"devices": ("devices", 1, 1_000_000), "GFLOPS / device": ("gflops_per_device", 1e-6, 1e7),
+COLUMNS = {"devices": ("devices", 1, 1_000_000), "TFLOP/s per device": ("tflops_per_device", 1e-9, 1e4),
            "model (B)": ("params_b", 1e-9, 1e5), "tokens (B)": ("tokens_b", 1e-12, 1e6),
            "tokens / day (B)": ("tokens_per_day_b", 1e-12, 1e6)}
 
@@ -45,18 +46,21 @@ def show_factors(phases: list[Phase], scratch: Phase, key: str) -> None:
     time_factor, compute_factor = savings(phases, scratch)
     c1, c2 = st.columns(2)
     c1.metric("time savings", f"{time_factor:.2f}×", help="scratch days / the phases' days")
-    c2.metric("compute savings", f"{compute_factor:.2f}×", help="scratch GFLOPS-days / the phases' GFLOPS-days")
+    c2.metric("compute savings", f"{compute_factor:.2f}×", help="scratch PFLOP/s-days / the phases' PFLOP/s-days (days x devices x TFLOP/s per device)")
     st.plotly_chart(savings_figure(phases, scratch), width="stretch", key=key)
 
 
 def paper_table() -> None:
     st.subheader("The paper's figures (Table 6)")
+    # The editor keeps its edits under its key; a reset gives it a new key, so no old edit comes back.
+    version = st.session_state.setdefault(VERSION_KEY, 0)
     if st.button("reset to the paper's figures"):
-        st.session_state.pop(TABLE_KEY, None)
-    config = {col: st.column_config.NumberColumn(col, min_value=low, max_value=high, required=True)
+        st.session_state.pop(f"{TABLE_KEY}-{version}", None)
+        version = st.session_state[VERSION_KEY] = version + 1
+    config = {col: st.column_config.NumberColumn(col, min_value=low, max_value=high, required=True, format="%.4g")
               for col, (_, low, high) in COLUMNS.items()}
     config["phase"] = st.column_config.TextColumn("phase", disabled=True)
-    edited = st.data_editor(phase_rows([*TABLE6, TABLE6_SCRATCH]), key=TABLE_KEY, num_rows="fixed",
+    edited = st.data_editor(phase_rows([*TABLE6, TABLE6_SCRATCH]), key=f"{TABLE_KEY}-{version}", num_rows="fixed",
                             hide_index=True, column_config=config, width="stretch")
     phases = rows_to_phases(edited)
     if isinstance(phases, str):
@@ -85,8 +89,9 @@ def from_run() -> None:
         measured_scratch = measured.scratch_from_run(runs[base])
         if measured_scratch is not None:  # the baseline's throughput, on the pipeline's token budget
             scratch = replace(measured_scratch, tokens_b=scratch.tokens_b)
-    st.dataframe(phase_rows([*phases, scratch]), hide_index=True, width="stretch")
-    st.caption("Measured: tokens per stage, median tokens/s, achieved GFLOPS per device (FLOPs per token × tokens/s),"
+    st.dataframe(phase_rows([*phases, scratch]), hide_index=True, width="stretch",
+                 column_config={col: st.column_config.NumberColumn(col, format="%.4g") for col in COLUMNS})
+    st.caption("Measured: tokens per stage, median tokens/s, achieved TFLOP/s per device (FLOPs per token × tokens/s),"
                " model size as FLOPs per token / 6.")
     show_factors(phases, scratch, key="measured")
 

@@ -1,7 +1,8 @@
 """The compute savings of EfficientScale against training from scratch (AquilaMoE Table 6).
 
 `savings_figure` draws, for the phases of a pipeline stacked in one bar and the from-scratch run in
-another: wall-clock days, GPU-days (devices x days) and compute (cluster GFLOPS x days, in PFLOPS-days).
+another: wall-clock days, device-days (devices x days) and compute (the cluster's TFLOP/s x days, in
+PFLOP/s-days: one PFLOP/s sustained for a day is 8.64e19 FLOPs).
 The ratios of the first and last panels are the paper's two factors, computed by `lab.flops.savings`
 (4.12 and 3.35 for the paper's figures); the figure never recomputes them another way.
 """
@@ -16,15 +17,15 @@ from plotly.subplots import make_subplots
 from lab.flops import Phase, savings
 from lab.plots.style import finish, named_color
 
-PANELS = ("days", "GPU-days", "compute (PFLOPS-days)")
+PANELS = ("days", "device-days", "compute (PFLOP/s-days)")
 
 
 def _panel_values(phase: Phase) -> tuple[float, float, float]:
-    return phase.days, phase.devices * phase.days, phase.gflops * phase.days / 1e6
+    return phase.days, phase.devices * phase.days, phase.tflops * phase.days / 1e3
 
 
 def savings_figure(phases: Sequence[Phase], scratch: Phase, *, title: str | None = None) -> go.Figure:
-    """Three panels (days, GPU-days, PFLOPS-days): the phases stacked against training from scratch,
+    """Three panels (days, device-days, PFLOP/s-days): the phases stacked against training from scratch,
     each panel labelled with scratch / pipeline. The title holds `savings(phases, scratch)`."""
     time_factor, compute_factor = savings(list(phases), scratch)
     fig = make_subplots(rows=1, cols=3, subplot_titles=PANELS, horizontal_spacing=0.08)

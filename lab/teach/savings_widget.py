@@ -1,4 +1,11 @@
-"""AquilaMoE's Table 6 under sliders: change any figure of any phase and watch both savings factors move.
+"""AquilaMoE's Table 6 under sliders, with the figures linked as they are in a real cluster: change one
+and the ones that depend on it follow.
+
+Per phase the sliders are the independent figures: the tokens to train on, the devices, each device's rate
+(TFLOP/s) and the utilisation (the share of that rate the training achieves). Tokens per day follow from
+them (`lab.flops.Phase.on_cluster`: twice the devices or a twice faster device, twice the tokens per day
+at the same utilisation), and the days from tokens per day. So "the preparation ran on a cluster half as
+fast" takes twice as long and spends the same compute: the time savings fall, the compute savings stay.
 
 Every number shown comes from `lab.flops.savings` and every bar from `lab.plots.savings.savings_figure`
 (no second formula here): a slider builds new `Phase`s, the figure is rebuilt, and its bars and titles
@@ -15,20 +22,32 @@ from collections.abc import Sequence
 
 from lab.flops import Phase, savings
 
-# (field, label, slider range as a multiple of the initial value)
+# The independent figures of a phase: (name, label); each slider spans a tenth to ten times its start.
 FIELDS: tuple[tuple[str, str], ...] = (
     ("tokens_b", "tokens (B)"),
-    ("tokens_per_day_b", "tokens/day (B)"),
     ("devices", "devices"),
-    ("gflops_per_device", "GFLOPS/device"),
+    ("tflops_per_device", "TFLOP/s/device"),
+    ("utilisation", "utilisation"),
 )
 
 
-def updated(phase: Phase, **values) -> Phase:
-    """`phase` with some figures changed (devices stay integers)."""
-    if "devices" in values:
-        values["devices"] = int(round(values["devices"]))
-    return dataclasses.replace(phase, **values)
+def updated(phase: Phase, field: str, value: float) -> Phase:
+    """`phase` with one independent figure changed and the dependent ones following (devices stay integers)."""
+    if field == "tokens_b":
+        return dataclasses.replace(phase, tokens_b=value)
+    if field == "devices":
+        return phase.on_cluster(devices=max(1, int(round(value))))
+    if field == "tflops_per_device":
+        return phase.on_cluster(tflops_per_device=value)
+    if field == "utilisation":
+        return dataclasses.replace(phase, tokens_per_day_b=phase.tokens_per_day_b * value / phase.utilisation)
+    raise ValueError(f"unknown figure {field!r} (known: {', '.join(f for f, _ in FIELDS)})")
+
+
+def derived_text(phase: Phase) -> str:
+    """What follows from a phase's sliders."""
+    return (f"tokens/day {phase.tokens_per_day_b:,.1f} B &nbsp; days {phase.days:,.1f} &nbsp; "
+            f"compute {phase.tflops * phase.days / 1e3:,.0f} PFLOP/s-days")
 
 
 def factors_text(phases: Sequence[Phase], scratch: Phase) -> str:
@@ -59,23 +78,27 @@ def savings_explorer(phases: Sequence[Phase], scratch: Phase):
         text.value = factors_text(state["phases"], state["scratch"])
 
     def sliders(index: int | None, phase: Phase) -> w.VBox:
+        derived = w.HTML(derived_text(phase))
         controls = []
         for field, label in FIELDS:
             value = float(getattr(phase, field))
-            slider = w.FloatLogSlider(value=value, base=10, min=_log10(value) - 1, max=_log10(value) + 1,
+            top = 0.0 if field == "utilisation" else _log10(value) + 1  # a utilisation above 1 is impossible
+            slider = w.FloatLogSlider(value=value, base=10, min=_log10(value) - 1, max=top,
                                       step=0.01, description=label, continuous_update=False,
                                       style={"description_width": "110px"}, layout=w.Layout(width="420px"))
 
             def on_change(change, field=field, index=index) -> None:
                 if index is None:
-                    state["scratch"] = updated(state["scratch"], **{field: change["new"]})
+                    state["scratch"] = updated(state["scratch"], field, change["new"])
+                    derived.value = derived_text(state["scratch"])
                 else:
-                    state["phases"][index] = updated(state["phases"][index], **{field: change["new"]})
+                    state["phases"][index] = updated(state["phases"][index], field, change["new"])
+                    derived.value = derived_text(state["phases"][index])
                 redraw()
 
             slider.observe(on_change, names="value")
             controls.append(slider)
-        return w.VBox(controls)
+        return w.VBox(controls + [derived])
 
     tabs = w.Tab(children=[sliders(i, p) for i, p in enumerate(phases)] + [sliders(None, scratch)])
     for i, name in enumerate([p.name for p in phases] + [scratch.name]):
