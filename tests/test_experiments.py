@@ -360,3 +360,25 @@ def test_export_keeps_metrics_meta_and_measurements_only(tmp_path, table1_dir, c
     assert str(table1_dir.resolve()) not in (light / "seed-0" / "aki-pro" / "meta.json").read_text()
     result = claims_module.read_measurements([light], report=lambda line: None)
     assert set(result["table1"]) == {0, 1}
+
+
+# ---------------------------------------------------------------------------- the shipped claims
+def test_the_shipped_claims_are_the_rule_applied_to_their_values_and_the_readme_shows_them():
+    from lab.experiments.claims import format_markdown
+    from lab.paths import DATA_DIR, ROOT
+
+    shipped = json.loads((DATA_DIR / "claims.json").read_text())  # committed: a missing file fails
+    other_seeds = json.loads((DATA_DIR / "claims-seed-1000.json").read_text())
+    assert shipped["rule"] == RULE and shipped["claims"]
+    for entry in shipped["claims"] + other_seeds["claims"]:
+        assert len(entry["seeds"]) >= 3
+        assert entry["verdict"] == verdict(entry["a_values"], entry["b_values"], entry["kind"], entry.get("tolerance"))
+    # Other seeds give no claim the opposite verdict.
+    opposite = {("holds", "contradicted"), ("contradicted", "holds")}
+    verdicts = {e["id"]: e["verdict"] for e in other_seeds["claims"]}
+    assert not [e["id"] for e in shipped["claims"] if (e["verdict"], verdicts.get(e["id"])) in opposite]
+    table = format_markdown(shipped["claims"]) + "\n"
+    assert (DATA_DIR / "claims.md").read_text() == table
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("<!-- claims table: data/claims.md -->\n")[1].split("<!-- end of claims table -->")[0]
+    assert shown == table
