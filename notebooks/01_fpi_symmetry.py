@@ -37,7 +37,7 @@ from lab.plots.symmetry import copy_similarity_figure, similarity_steps_figure
 from lab.teach.display import setup_plotly
 from lab.teach.fast import pick, setup_torch
 from lab.teach.loop import as_run, train_steps, val_loss, validation_windows
-from lab.teach.similarity import copy_similarity, cosine_matrix, distinct_units, mlp_units
+from lab.teach.similarity import copy_similarity, cosine_matrix, distinct_units, effective_rank, mlp_units
 from lab.verify import compare
 
 setup_plotly()
@@ -141,12 +141,12 @@ STEPS, EVERY = pick(150, 40), pick(10, 5)
 LAYER = 0
 shown = list(range(12)) + [128 + i for i in range(12)]   # 12 original neurons, then their 12 copies
 
-curves, distinct, snapshots, runs = {}, {}, {}, []
+curves, distinct, ranks, snapshots, runs = {}, {}, {}, {}, []
 for name, options in variants.items():
     plan = plan_growth(source_cfg, seed=0, **TARGET, **options)
     ffn_map = growth_maps(plan)["ffn"]          # which old neuron each new neuron was grown from
     model = grow_model(source, plan)
-    steps, sims, counts, snaps = [], [], [], {}
+    steps, sims, counts, spans, snaps = [], [], [], [], {}
 
     def watch(step, model, record=None):
         if step % EVERY and step != STEPS:
@@ -155,20 +155,22 @@ for name, options in variants.items():
         steps.append(step)
         sims.append(copy_similarity(units, ffn_map).mean().item())
         counts.append(distinct_units(units))
+        spans.append(effective_rank(units))
         snaps[step] = cosine_matrix(units[shown])
 
     watch(0, model)
     records = train_steps(model, STEPS, lr=1e-3, warmup=10, seq_len=SEQ, on_step=watch, eval_every=EVERY, desc=name)
-    curves[name], distinct[name], snapshots[name] = (steps, sims), (steps, counts), snaps
+    curves[name], distinct[name], ranks[name], snapshots[name] = (steps, sims), (steps, counts), (steps, spans), snaps
     runs.append(as_run(name, records))
 
 copy_similarity_figure(curves, y_title="mean cosine(new neuron, its source neuron)",
                        title=f"Layer {LAYER}: do the copies stay copies?")
 
 # %% [markdown]
-# FPI and the random map sit at exactly 1 for the whole run: the copies never separate. Symmetric noise
-# starts just below 1, AKI far below (its new neurons come from another layer), and training moves them
-# further apart.
+# FPI and the random map sit at exactly 1 for the whole run: the copies never separate. AKI starts far
+# below (its new neurons come from another layer). Symmetric noise starts just below 1, and the table at
+# the end of section 4 gives its similarity after training: read it before deciding whether training pulls
+# the copies apart.
 #
 # The same thing neuron by neuron: 12 original neurons of layer 0 and their 12 copies, similarity of
 # every pair. Drag the slider through the steps. Under FPI the two bright diagonals off the main one
@@ -192,23 +194,41 @@ loss_figure(runs, x="step", metric="val_loss_mean", title="Continued training of
 # ## 4. What symmetry costs: capacity
 #
 # A layer of 256 neurons of which every pair is equal can represent only what 128 distinct neurons can.
-# Count the neurons that point in a direction no other neuron points in:
+# Two ways to count. The strict one counts the neurons that point in a direction no other neuron points
+# in (cosine below $1 - 10^{-5}$): it says whether the copies are *exactly* equal. The fair one is the
+# effective rank of the layer's neuron matrix (the exponential of the entropy of its normalised singular
+# values): how many directions the neurons really span, where a near-copy adds only a little.
 
 # %%
-copy_similarity_figure(distinct, y_title="distinct neurons in layer 0 (of 256)",
-                       title="Capacity: FPI keeps the source's 128 distinct neurons, whatever the training")
+copy_similarity_figure(distinct, y_title="neurons with no exact copy, layer 0 (of 256)",
+                       title="Exact copies: FPI keeps the source's 128 distinct neurons, whatever the training")
 
 # %%
-pd.DataFrame({name: {"distinct at start": c[1][0], "distinct at end": c[1][-1],
-                     "copy similarity at end": curves[name][1][-1]} for name, c in distinct.items()}).T
+copy_similarity_figure(ranks, y_title="effective rank of layer 0's neurons",
+                       title="Directions the 256 neurons span")
+
+# %%
+capacity = pd.DataFrame({name: {"no exact copy, start": c[1][0], "no exact copy, end": c[1][-1],
+                                "effective rank, start": ranks[name][1][0], "effective rank, end": ranks[name][1][-1],
+                                "copy similarity, start": curves[name][1][0],
+                                "copy similarity, end": curves[name][1][-1]} for name, c in distinct.items()}).T
+capacity.style.format({"no exact copy, start": "{:.0f}", "no exact copy, end": "{:.0f}",
+                       "effective rank, start": "{:.1f}", "effective rank, end": "{:.1f}",
+                       "copy similarity, start": "{:.5f}", "copy similarity, end": "{:.5f}"})
 
 # %% [markdown]
+# The strict count calls the noisy copies distinct from the first step: no two are *exactly* equal. The
+# effective rank says what that buys: the noisy layer spans more directions than FPI's, but far fewer
+# than AKI's, whose new neurons really are new. And the copy similarity says it does not grow with
+# training: symmetric noise of 0.05 starts the copies at a cosine of about 0.993, and this continued
+# training leaves them there (it even nudges them closer) instead of pulling them apart.
+#
 # **What it means.** FPI buys an exact start (no loss lost) with half the new width wasted: the grown
 # model trains like the small one until something breaks the tie, and with exact arithmetic nothing
 # does. This is why bert2BERT proposes AKI and why AquilaMoE builds on AKI (AKI-Pro), accepting a worse
 # loss right after growth for a model that uses its whole width (their Figure 3: AKI overtakes FPI during
-# continued training). Symmetric noise is a third answer: function kept, symmetry broken — at the price
-# of copies that start almost equal and separate only slowly.
+# continued training). Symmetric noise is a third answer: function kept, symmetry broken in the weights —
+# but copies that start almost equal stay almost equal here, so most of the new width is still unused.
 #
 # ## Exercises
 #
@@ -217,7 +237,7 @@ pd.DataFrame({name: {"distinct at start": c[1][0], "distinct at end": c[1][-1],
 # 2. In section 2, grow to `dim=80, n_heads=5`: how large is the logit gap? Which module of the model is
 #    responsible (hint: try growing `ffn_dim` only)?
 # 3. Raise the symmetric noise to 0.5 and 2.0. Is the function still preserved at step 0
-#    (`compare`)? How fast do the copies separate?
+#    (`compare`)? Do the copies separate during training now, or do they stay as close as at 0.05?
 # 4. Why do the copies of the random map also stay equal, although each old neuron gets a different
 #    number of copies? Write down the gradient of a copy's up-projection row.
 # 5. Replace Adam by plain SGD (`optimizer=torch.optim.SGD(model.parameters(), lr=0.1)` in `train_steps`)

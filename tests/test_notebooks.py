@@ -21,7 +21,7 @@ from lab.teach.fast import fast_mode, pick, progress_enabled
 from lab.teach.heads import global_head_map, groups_after_growth, permute_q_heads
 from lab.teach.layers import substitution_losses, weight_similarity
 from lab.teach.reference import reference_group, reference_run
-from lab.teach.similarity import copy_similarity, distinct_units, mlp_units
+from lab.teach.similarity import copy_similarity, distinct_units, effective_rank, mlp_units
 
 EXPECTED = ["01_fpi_symmetry", "02_depth_growth", "03_gqa_aki_pro", "04_upcycling_and_routers",
             "05_compute_savings", "06_efficientscale_end_to_end"]
@@ -86,6 +86,16 @@ def test_fpi_copies_stay_copies_and_aki_breaks_them(method, stays_copies):
 
 
 # ------------------------------------------------------------------ heads (notebook 03)
+def test_effective_rank_ignores_exact_copies_and_counts_near_copies_for_little():
+    torch.manual_seed(0)
+    units = torch.randn(16, 64)
+    alone = effective_rank(units)
+    assert effective_rank(torch.cat([units, units])) == pytest.approx(alone, rel=1e-4)  # exact copies add nothing
+    near = effective_rank(torch.cat([units, units + 0.01 * torch.randn_like(units)]))
+    fresh = effective_rank(torch.cat([units, torch.randn(16, 64)]))
+    assert alone < near < fresh and near - alone < 0.1 * (fresh - alone)
+
+
 def test_q_heads_permuted_inside_groups_keep_the_function_across_groups_do_not():
     cfg = tiny(n_kv_heads=2, head_dim=8)
     torch.manual_seed(0)

@@ -41,6 +41,16 @@ def copy_similarity(units: torch.Tensor, m: GrowthMap) -> torch.Tensor:
     return F.cosine_similarity(units[new].float(), units[m.index[new]].float(), dim=1)
 
 
+def effective_rank(units: torch.Tensor) -> float:
+    """exp of the entropy of the normalised singular values of `units` (Roy and Vetterli 2007): how many
+    directions the layer's units really span, with near-copies counting for little. Exact copies add
+    nothing; copies set apart by a small noise add a little, not a whole unit each."""
+    s = torch.linalg.svdvals(units.float())
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
 def distinct_units(units: torch.Tensor, tol: float = 1e-5) -> int:
     """How many units point in a direction no earlier unit points in (cosine similarity below 1 - tol):
     what the layer can actually represent, whatever its nominal width."""
