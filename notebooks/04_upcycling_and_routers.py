@@ -118,14 +118,24 @@ expert_load_heatmap(live, title="Tokens per expert over training (share per laye
 router_metrics_figure([live], title="Router during training: balance, z-loss, entropy")
 
 # %%
+trained = [r for r in records if r.get("event") == "train" and r.get("aux_loss") is not None]
+first, last = trained[0], trained[-1]
+print(f"load-balancing loss (1 = every expert gets its share): step {first['step']} {first['aux_loss']:.3f}, "
+      f"step {last['step']} {last['aux_loss']:.3f}")
+
+# %%
 domain_load_figure({d: load.tolist() for d, load in expert_load_by_domain(moe, SEQ).items()},
                    title="Expert load per layer and domain, after training")
 
 # %% [markdown]
-# Compare with the figure at init. Look for two things: whether the load evens out (the balancing
-# loss at work) and whether domains begin to prefer different experts. A few dozen steps move the
-# router only a little — the fast version (`LAB_FAST=1`) trains 40 — so the reference runs below,
-# trained longer, are where the trends show.
+# Compare with the figure at init, and read the line above. With the paper's coefficient (0.001) the
+# balancing loss is a weak pull against the language-model loss, and in this run the load does not even
+# out: the load-balancing loss rises, the router sends more of the tokens to fewer experts, and the colour
+# scale (which widens to the largest share) shows one expert per layer taking far more than its 1/8.
+# Nothing in the language-model loss asks for balance: identical experts are equally good, so the router
+# keeps whichever ones its first steps favoured. Whether domains begin to prefer different experts is the
+# second thing to look for; a few dozen steps move the router only a little (the fast version,
+# `LAB_FAST=1`, trains 40), so the reference runs below, trained longer, are where that trend shows.
 #
 # ## 4. Routing choices, from the reference runs
 #

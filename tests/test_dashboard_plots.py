@@ -195,3 +195,14 @@ def test_relative_init_loss_bars_start_at_the_source():
     assert "3.700 (+0.100)" in fig.data[0].text[0]
     with pytest.raises(ValueError):
         init_loss_figure({"a": 1.0}, relative=True)
+
+
+def test_load_colour_scales_cover_the_data_and_panels_share_one():
+    from lab.plots.experts import domain_load_figure
+
+    collapsed = [[50, 40, 2, 2, 2, 2, 1, 1]]  # half the tokens on one expert: share 0.50, past 2/E = 0.25
+    even = [[10] * 8]
+    fig = domain_load_figure({"code": collapsed, "english": even})
+    assert {trace.zmax for trace in fig.data} == {0.5}  # one scale for both panels, reaching the data's top
+    assert all(trace.zmid == 1 / 8 for trace in fig.data)
+    assert domain_load_figure({"english": even}).data[0].zmax == 0.25  # at least 2/E, white stays at 1/E

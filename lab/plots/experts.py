@@ -56,10 +56,16 @@ def expert_load(run: Run, layer: int, *, x: str = "step", normalize: bool = True
     return xs, load
 
 
-def _heatmap(z, x, y, *, zmid: float | None, showscale: bool, colorbar_title: str) -> go.Heatmap:
-    # Shares diverge around the uniform 1/E (white) on a fixed range, 0 to 2/E (saturated beyond), so two
-    # runs or layers read alike; raw counts use the sequential scale.
-    bounds = dict(zmin=0.0, zmax=min(1.0, 2 * zmid)) if zmid is not None else {}
+def _heatmap(z, x, y, *, zmid: float | None, showscale: bool, colorbar_title: str,
+             top: float | None = None) -> go.Heatmap:
+    # Shares diverge around the uniform 1/E (white), from 0 to at least 2/E, and further when the data go
+    # further (a collapsed router gives one expert half the tokens): the scale covers the data, never clips
+    # them. Raw counts use the sequential scale.
+    bounds = {}
+    # Panels that share one colour bar pass `top`, the largest value of them all.
+    if zmid is not None:
+        top = max((float(v) for row in z for v in row), default=0.0) if top is None else top
+        bounds = dict(zmin=0.0, zmax=min(1.0, max(2 * zmid, top)))
     return go.Heatmap(z=z, x=x, y=y, colorscale=BALANCE_SCALE if zmid is not None else HEATMAP_SCALE,
                       zmid=zmid, showscale=showscale, **bounds,
                       colorbar=dict(title=colorbar_title),
@@ -77,13 +83,15 @@ def expert_load_heatmap(run: Run, *, layer: int | None = None, x: str = "step", 
     spacing = min(0.12, 0.5 / max(len(layers), 1))  # room for each layer's title
     fig = make_subplots(rows=max(len(layers), 1), cols=1, shared_xaxes=True, vertical_spacing=spacing,
                         subplot_titles=[f"layer {lay}" for lay in layers] or None)
+    loads = {lay: expert_load(run, lay, x=x, normalize=normalize) for lay in layers}
+    top = max((v for _, load in loads.values() for row in load for v in row), default=0.0)
     for row, lay in enumerate(layers, 1):
-        xs, load = expert_load(run, lay, x=x, normalize=normalize)
+        xs, load = loads[lay]
         if not xs:
             continue
         zmid = 1.0 / len(load) if normalize else None
         fig.add_trace(_heatmap(load, xs, list(range(len(load))), zmid=zmid, showscale=row == 1,
-                               colorbar_title="share" if normalize else "tokens"), row=row, col=1)
+                               colorbar_title="share" if normalize else "tokens", top=top), row=row, col=1)
         fig.update_yaxes(title="expert", dtick=1, row=row, col=1)
     fig.update_xaxes(title=X_LABELS.get(x, x), row=max(len(layers), 1), col=1)
     return finish(fig, title or f"{run.name}: tokens per expert", height=max(260, 170 * len(layers) + 100),
@@ -108,13 +116,15 @@ def domain_load_figure(loads: Mapping[str, Sequence[Sequence[float]]], *, normal
     names = list(loads)
     fig = make_subplots(rows=1, cols=max(len(names), 1), subplot_titles=names or None, horizontal_spacing=0.04,
                         shared_yaxes=True)
+    panels = {name: [_shares(row) if normalize else list(row) for row in loads[name]] for name in names}
+    top = max((v for z in panels.values() for row in z for v in row), default=0.0)
     for col, name in enumerate(names, 1):
-        z = [_shares(row) if normalize else list(row) for row in loads[name]]
+        z = panels[name]
         if not z:
             continue
         zmid = 1.0 / len(z[0]) if normalize and z[0] else None
         fig.add_trace(_heatmap(z, list(range(len(z[0]))), list(range(len(z))), zmid=zmid, showscale=col == 1,
-                               colorbar_title="share" if normalize else "tokens"), row=1, col=col)
+                               colorbar_title="share" if normalize else "tokens", top=top), row=1, col=col)
         fig.update_xaxes(title="expert", dtick=1, row=1, col=col)
     fig.update_yaxes(title="MoE layer", dtick=1, autorange="reversed", row=1, col=1)
     return finish(fig, title, height=320, legend=False)
