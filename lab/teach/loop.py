@@ -52,13 +52,14 @@ def val_loss(model, seq_len: int = 64, n_per_domain: int = 4) -> dict[str, float
 def train_steps(model, steps: int, *, lr: float = 3e-3, warmup: int = 0, batch_size: int | None = None, seq_len: int = 64,
                 seed: int = 0, first_step: int = 0, tokens: int = 0, flops: float = 0.0, eval_every: int = 0,
                 on_step: Callable[[int, object, dict], None] | None = None, desc: str = "train",
-                optimizer: torch.optim.Optimizer | None = None) -> list[dict]:
+                optimizer: torch.optim.Optimizer | None = None, eval_per_domain: int = 4) -> list[dict]:
     """Train `model` in place for `steps` steps; a "train" record per step (and `on_step(step, model, record)`).
 
     The learning rate rises linearly over `warmup` steps, then stays at `lr`. `first_step`, `tokens`
     and `flops` continue the counters of an earlier stage (a pipeline's cumulative axes); batch `i` of
     the data is step `first_step + i`. With `eval_every` N, an "eval" record comes before the first step
-    and after every N-th (and the last). `batch_size` defaults to 8 sequences, 4 under `LAB_FAST`.
+    and after every N-th (and the last), on `eval_per_domain` validation windows per domain. `batch_size`
+    defaults to 8 sequences, 4 under `LAB_FAST`.
     """
     batch_size = batch_size or pick(8, 4)
     cfg = model.config
@@ -69,7 +70,7 @@ def train_steps(model, steps: int, *, lr: float = 3e-3, warmup: int = 0, batch_s
     records = []
 
     def evaluate(step: int) -> None:
-        losses = val_loss(model, seq_len)
+        losses = val_loss(model, seq_len, eval_per_domain)
         mean = losses.pop("mean")
         records.append({"event": "eval", "step": step, "tokens": tokens, "flops": flops, "val_loss": losses,
                         "val_loss_mean": mean})
