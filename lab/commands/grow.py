@@ -8,6 +8,7 @@ import warnings
 from lab.commands import (add_output_arguments, check_output_resources, check_verify_request, non_negative_float,
                           positive_int, seed, verify_if_asked)
 from lab.flops import total_parameters
+from lab.growth import DEPTH_KINDS, MAP_KINDS
 
 ORDER = 30
 
@@ -72,11 +73,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-heads", type=positive_int, help="target number of attention (q) heads")
     p.add_argument("--num-kv-heads", type=positive_int,
                    help="target kv heads: a GQA source keeps its groups; an MHA source grows them with the heads")
-    p.add_argument("--depth", choices=("stack", "interpolate", "identity"),
+    p.add_argument("--depth", choices=DEPTH_KINDS,
                    help="layer order when --num-layers grows: stack (l mod L1), interpolate (floor(l*L1/L2)), "
                         "identity (interpolate with the inserted copies' o/down zeroed: exact); default "
                         "interpolate for aki-pro, stack otherwise")
-    p.add_argument("--map", choices=("cyclic", "random"), default="cyclic",
+    p.add_argument("--map", choices=MAP_KINDS, default="cyclic",
                    help="which old unit a new unit copies: cyclic (i mod old, exact for integer ratios) or "
                         "random (bert2BERT, seeded)")
     p.add_argument("--noise", type=non_negative_float, default=0.0,
