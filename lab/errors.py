@@ -11,6 +11,16 @@ class LabError(Exception):
     """A problem with the user's input (a path, a file, an option), not a bug in the lab."""
 
 
+class RecipeError(LabError):
+    """A mistake in a recipe, at `key` (dotted: "optim.lr"; "" for the recipe as a whole). The message is
+    "recipe KEY: DETAIL"; a caller that nests recipes (a pipeline's stages) re-keys it from `key` and
+    `detail`, never by reading the message back."""
+
+    def __init__(self, key: str, detail: str):
+        self.key, self.detail = key, detail
+        super().__init__(f"recipe {key}: {detail}" if key else f"recipe: {detail}")
+
+
 class CheckpointError(LabError, ValueError):
     """A directory that is not a checkpoint the lab can read or write; the message names the file or tensor."""
 

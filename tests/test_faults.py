@@ -484,3 +484,19 @@ def test_live_run_starts_once_in_private(monkeypatch, tmp_path):
     home = job["dir"].parent
     assert home.parent == tmp_path and home.name.startswith("efficientscale-live-tiny-")
     assert oct(os.stat(home).st_mode & 0o777) == "0o700" and job["log"].parent == home
+
+
+def test_a_stage_mistake_is_named_by_its_key_not_parsed_from_a_message():
+    from lab.errors import LabError, RecipeError
+    from lab.pipeline import load_pipeline
+    from lab.train import load_recipe
+
+    with pytest.raises(RecipeError) as caught:
+        load_recipe({"run": "r", "model": {"dim": 32, "n_layers": 1, "n_heads": 4, "ffn_dim": 64},
+                     "optim": {"lr": -1}})
+    assert (caught.value.key, str(caught.value)) == ("optim.lr", "recipe optim.lr: must be > 0, got -1")
+    values = {"pipeline": "p", "stages": [{"name": "dense", "stage": "preparation",
+                                           "model": {"dim": 32, "n_layers": 1, "n_heads": 4, "ffn_dim": 64},
+                                           "optim": {"lr": -1}}]}
+    with pytest.raises(LabError, match=r"stages\[0\]\.optim\.lr: must be > 0, got -1"):
+        load_pipeline(values)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.config import ROUTER_LOSS_AGGREGATIONS, ModelConfig, without_later_defaults
-from lab.errors import LabError, quoted
+from lab.errors import LabError, RecipeError, quoted
 from lab.flops import flops_per_token
 from lab.growth import DEPTH_KINDS, MAP_KINDS, METHODS, GrowthPlan, plan_growth
 from lab.train.recipe import Recipe, load_recipe
@@ -178,12 +178,11 @@ def _training_recipe(values: dict, where: str) -> Recipe:
     """lab.train.load_recipe on a stage's merged values, its errors renamed to the pipeline's keys."""
     try:
         return load_recipe(values)
+    except RecipeError as e:
+        key = ".".join(k for k in (where, e.key) if k)
+        raise _fail(key or "recipe", e.detail) from None
     except LabError as e:
-        text = str(e)
-        if text.startswith("recipe "):
-            key, _, rest = text[len("recipe "):].partition(": ")
-            raise _fail(f"{where}.{key}" if where else key, rest) from None
-        raise _fail(where or "recipe", text) from None
+        raise _fail(where or "recipe", str(e)) from None
 
 
 def _sections(raw: dict, where: str) -> None:

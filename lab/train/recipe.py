@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lab.config import ModelConfig, without_later_defaults
-from lab.errors import LabError, quoted
+from lab.errors import RecipeError, quoted
 from lab.field_rules import non_negative, one_of, positive, rule
 from lab.flops import PEAK_FLOPS
 from lab.yaml_input import read_yaml
@@ -178,15 +178,15 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
     if origin is tuple:
         items = typing.get_args(kind)
         if not isinstance(value, (list, tuple)) or len(value) != len(items):
-            raise LabError(f"recipe {name}: must be a list of {len(items)} numbers, got {quoted(value)}")
+            raise RecipeError(name, f"must be a list of {len(items)} numbers, got {quoted(value)}")
         return tuple(_coerce(v, t, name) for v, t in zip(value, items))
     if kind is bool:
         if not isinstance(value, bool):
-            raise LabError(f"recipe {name}: must be true or false, got {quoted(value)}")
+            raise RecipeError(name, f"must be true or false, got {quoted(value)}")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise LabError(f"recipe {name}: must be an integer, got {quoted(value)}")
+            raise RecipeError(name, f"must be an integer, got {quoted(value)}")
         return value
     if kind is float:
         # YAML 1.1 reads `3e-3` (no dot) as a string: accept any text that is a number.
@@ -196,17 +196,17 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LabError(f"recipe {name}: must be a number, got {quoted(value)}")
+            raise RecipeError(name, f"must be a number, got {quoted(value)}")
         try:
             number = float(value)
         except OverflowError:  # an integer beyond a float's range
             number = math.inf
         if not math.isfinite(number):
-            raise LabError(f"recipe {name}: must be a finite number, got {quoted(value)}")
+            raise RecipeError(name, f"must be a finite number, got {quoted(value)}")
         return number
     if kind is str:
         if not isinstance(value, (str, os.PathLike)):
-            raise LabError(f"recipe {name}: must be a string, got {quoted(value)}")
+            raise RecipeError(name, f"must be a string, got {quoted(value)}")
         return str(value)
     raise TypeError(f"no coercion for {kind}")
 
@@ -216,29 +216,29 @@ def _section(cls, values: Any, prefix: str):
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise LabError(f"recipe {prefix}: must be a mapping of keys to values, got {quoted(values)}")
+        raise RecipeError(prefix, f"must be a mapping of keys to values, got {quoted(values)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(k if isinstance(k, str) else quoted(k) for k in set(values) - set(fields))
     if unknown:
-        raise LabError(f"recipe {prefix}.{unknown[0][:60]}: unknown key (known: {', '.join(fields)})")
+        raise RecipeError(f"{prefix}.{unknown[0][:60]}", f"unknown key (known: {', '.join(fields)})")
     parsed = {}
     for key, value in values.items():
         name = f"{prefix}.{key}"
         parsed[key] = _coerce(value, hints[key], name)
         rule = fields[key].metadata.get("rule")
         if rule is not None and not rule[0](parsed[key]):
-            raise LabError(f"recipe {name}: {rule[1]}, got {quoted(value)}")
+            raise RecipeError(name, f"{rule[1]}, got {quoted(value)}")
     return cls(**parsed)
 
 
 def _model(values: Any) -> ModelConfig:
     if not isinstance(values, dict):
-        raise LabError(f"recipe model: must be a mapping of ModelConfig fields, got {quoted(values)}")
+        raise RecipeError("model", f"must be a mapping of ModelConfig fields, got {quoted(values)}")
     try:
         return ModelConfig.from_dict(values)
     except (ValueError, TypeError) as e:
-        raise LabError(f"recipe model: {str(e)[:300]}") from None
+        raise RecipeError("model", str(e)[:300]) from None
 
 
 def load_recipe(source: str | os.PathLike | dict | Recipe) -> Recipe:
@@ -247,28 +247,28 @@ def load_recipe(source: str | os.PathLike | dict | Recipe) -> Recipe:
         return source
     values = read_yaml(source) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(values, dict):
-        raise LabError(f"recipe: must be a mapping with keys {', '.join(TOP_LEVEL)}, got {type(values).__name__}")
+        raise RecipeError("", f"must be a mapping with keys {', '.join(TOP_LEVEL)}, got {type(values).__name__}")
     if "stages" in values or "pipeline" in values:
-        raise LabError("recipe: this is a pipeline recipe (it has stages); run it with "
-                       "`python -m lab pipeline --recipe FILE --out DIR`")
+        raise RecipeError("", "this is a pipeline recipe (it has stages); run it with "
+                              "`python -m lab pipeline --recipe FILE --out DIR`")
     unknown = sorted(k if isinstance(k, str) else quoted(k) for k in set(values) - set(TOP_LEVEL))
     if unknown:
-        raise LabError(f"recipe {unknown[0][:60]}: unknown key (known: {', '.join(TOP_LEVEL)})")
+        raise RecipeError(unknown[0][:60], f"unknown key (known: {', '.join(TOP_LEVEL)})")
     if "run" not in values:
-        raise LabError("recipe run: missing (every recipe names its run)")
+        raise RecipeError("run", "missing (every recipe names its run)")
     run = _coerce(values["run"], str, "run")
     if not run.strip():
-        raise LabError("recipe run: must not be empty")
+        raise RecipeError("run", "must not be empty")
     stage = _coerce(values.get("stage", "pretrain"), str, "stage")
     seed = _coerce(values.get("seed", 0), int, "seed")
     has_model, init_from = values.get("model") is not None, values.get("init_from")
     if has_model == (init_from is not None):
-        raise LabError("recipe model, init_from: give exactly one (a model config, or a checkpoint to start from)")
+        raise RecipeError("model, init_from", "give exactly one (a model config, or a checkpoint to start from)")
     model = _model(values["model"]) if has_model else None
     init_from = _coerce(init_from, str, "init_from") if init_from is not None else None
     sections = {name: _section(cls, values.get(name), name) for name, cls in SECTIONS.items()}
     recipe = Recipe(run=run, stage=stage, seed=seed, model=model, init_from=init_from, **sections)
     if model is not None and recipe.data.seq_len > model.max_seq_len:
-        raise LabError(f"recipe data.seq_len: must be <= model.max_seq_len ({model.max_seq_len}), "
-                       f"got {recipe.data.seq_len}")
+        raise RecipeError("data.seq_len", f"must be <= model.max_seq_len ({model.max_seq_len}), "
+                                          f"got {recipe.data.seq_len}")
     return recipe
