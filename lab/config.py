@@ -36,6 +36,12 @@ _BOOL_FIELDS = ("qkv_bias", "tie_embeddings")
 _STR_FIELDS = ("dtype", "routing", "router_loss_aggregation", "moe_dispatch")
 
 
+def dtype_name(dtype) -> str:
+    """A torch dtype as ModelConfig.dtype names it ("float32", "bfloat16", "float16"): the one conversion,
+    so that a config always says what its weights are."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -191,3 +191,17 @@ def test_in_memory_upcycle_leaves_the_source_alone():
             p.add_(1.0)
     for name, p in dense.state_dict().items():
         assert torch.equal(p, before[name]), name
+
+
+def test_upcycling_a_bf16_model_says_bf16_in_its_config():
+    # The config says what the weights are, as growth's does: a float32 config on bf16 weights was a drift.
+    from lab.config import ModelConfig
+    from lab.growth import grow_model, plan_growth
+    from lab.model import DecoderLM
+    from lab.upcycle import UpcyclePlan, upcycle_model
+
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, ffn_dim=64)
+    dense = DecoderLM(cfg).to(torch.bfloat16)
+    assert dense.config.dtype == "float32"  # the source's config lags its weights
+    assert upcycle_model(dense, UpcyclePlan(n_experts=4, top_k=2)).config.dtype == "bfloat16"
+    assert grow_model(dense, plan_growth(cfg, dim=64, n_heads=8)).config.dtype == "bfloat16"

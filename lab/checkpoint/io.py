@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from lab.checkpoint.hf_config import config_from_hf
 from lab.checkpoint.hf_names import filler_tensors, tensor_maps
 from lab.checkpoint.safetensors_stream import TensorEntry, write_safetensors
-from lab.config import ModelConfig
+from lab.config import ModelConfig, dtype_name
 from lab.errors import CheckpointError, quoted
 from lab.json_input import read_json
 
@@ -156,7 +156,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None 
     cfg, model_type = read_config(path)
     with SafetensorsReader(path) as reader:
         stored = reader.dtype("model.embed_tokens.weight")
-        target = str(dtype).removeprefix("torch.") if dtype is not None else stored
+        target = dtype_name(dtype) if dtype is not None else stored
         changes = {"dtype": target}
         if moe_dispatch is not None:
             changes["moe_dispatch"] = moe_dispatch

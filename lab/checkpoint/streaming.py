@@ -19,7 +19,7 @@ from lab.checkpoint.hf_config import config_to_hf, hf_model_type
 from lab.checkpoint.hf_names import filler_tensors, tensor_maps
 from lab.checkpoint.io import SafetensorsReader, check_output_dir, read_config, tokenizer_files, write_checkpoint
 from lab.checkpoint.safetensors_stream import TensorEntry
-from lab.config import ModelConfig
+from lab.config import ModelConfig, dtype_name
 
 # make(name, expert) -> tensor: `name` is a lab parameter name; `expert` is the expert index for the
 # stacked (E, ...) expert weights, whose experts are written as separate checkpoint tensors, else None.
@@ -48,7 +48,7 @@ class CheckpointSource:
         self.config, self.model_type = read_config(self.path)
         self._reader = SafetensorsReader(self.path)
         self.dtype: torch.dtype = getattr(torch, self._reader.dtype("model.embed_tokens.weight"))
-        self.config = self.config.replace(dtype=str(self.dtype).removeprefix("torch."))
+        self.config = self.config.replace(dtype=dtype_name(self.dtype))
         self.shapes = parameter_shapes(self.config)
         self._maps = {m.lab: m for m in tensor_maps(self.config, self.model_type)}
 
@@ -137,7 +137,7 @@ def save_pretrained(model, path: str | os.PathLike, *, max_shard_size: int | str
     """
     check_output_dir(path, overwrite)
     dtype = next(iter(model.state_dict().values())).dtype
-    cfg = model.config.replace(dtype=str(dtype).removeprefix("torch."))
+    cfg = model.config.replace(dtype=dtype_name(dtype))
     model_type = hf_model_type(cfg)
     extra = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
     return write_checkpoint(path, config_to_hf(cfg, model_type), model_entries(model, cfg, model_type),

@@ -16,6 +16,7 @@ import torch
 
 from lab.checkpoint.io import check_output_dir
 from lab.checkpoint.streaming import CheckpointSource, parameter_shapes, write_lab_checkpoint
+from lab.config import dtype_name
 from lab.errors import LabError
 from lab.growth.plan import GrowthPlan
 from lab.growth.transform import GrowthTensors
@@ -68,8 +69,7 @@ def grow_model(model, plan: GrowthPlan):
     from lab.model import DecoderLM
 
     state = grow_state_dict(model.state_dict(), plan)
-    dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
     with torch.device("meta"):
-        grown = DecoderLM(plan.target.replace(dtype=dtype))
+        grown = DecoderLM(plan.target.replace(dtype=dtype_name(next(iter(state.values())).dtype)))
     grown.load_state_dict(state, strict=True, assign=True)
     return grown.train(model.training)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from lab import distributed
 from lab.checkpoint import hf_model_type
+from lab.config import dtype_name
 from lab.distributed import DistInfo
 from lab.errors import LabError
 from lab.flops import active_parameters, flops_per_token, mfu
@@ -95,7 +96,7 @@ class _Run:
         recipe, info = self.recipe, self.info
         model = build_model(recipe, self.cfg, self.resume_from, keep_meta=info.sharded)
         self.cfg = model.config
-        self.save_cfg = self.cfg.replace(dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+        self.save_cfg = self.cfg.replace(dtype=dtype_name(next(model.parameters()).dtype))
         self.save_cfg.extra["eos_token_id"] = self.data.eos  # `lab generate` stops at the end of a document
         self.n_params = model.num_parameters()
         bf16 = recipe.train.precision == "bf16"

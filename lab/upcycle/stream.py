@@ -14,6 +14,7 @@ import torch
 
 from lab.checkpoint.io import check_output_dir
 from lab.checkpoint.streaming import CheckpointSource, parameter_shapes, write_lab_checkpoint
+from lab.config import dtype_name
 from lab.upcycle.plan import UpcyclePlan, output_model_type, upcycle_config
 from lab.upcycle.sparse import UpcycleTensors
 
@@ -49,7 +50,7 @@ def upcycle_model(model, plan: UpcyclePlan):
     # clone(): copied tensors must not share storage with the source, which training would then change too.
     new_state = {name: make(name).to(dtype=reference.dtype, device=reference.device).clone()
                  for name in parameter_shapes(target)}
-    with torch.device("meta"):
-        moe = DecoderLM(target)
+    with torch.device("meta"):  # the config says what the weights are, whatever the source's config said
+        moe = DecoderLM(target.replace(dtype=dtype_name(reference.dtype)))
     moe.load_state_dict(new_state, strict=True, assign=True)
     return moe.train(model.training)
