@@ -207,6 +207,17 @@ def validation_batches(tokens: dict[str, torch.Tensor], seq_len: int, max_sequen
     return out
 
 
+def validation_windows(seq_len: int, per_domain: int | None = None, *, tokens: dict[str, torch.Tensor] | None = None,
+                       tokenizer=None) -> dict[str, torch.Tensor]:
+    """Per domain, (n, seq_len) fixed windows from the start of the validation stream: the shipped split
+    encoded with `tokenizer` (None: the shipped one), or `tokens` already encoded. `per_domain` None takes
+    every whole window. The one way lessons, pages, experiments and model cards choose validation text."""
+    if tokens is None:
+        tokens = load_tokens("validation", tokenizer=tokenizer)
+    limit = per_domain if per_domain is not None else max(t.numel() for t in tokens.values())
+    return validation_batches(tokens, seq_len, limit)
+
+
 def validation_token_sample(tokenizer, n_sequences: int, seq_len: int) -> torch.Tensor:
     """(n_sequences, seq_len) validation windows of the shipped corpus, taking the domains in turn.
 

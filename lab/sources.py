@@ -34,20 +34,13 @@ SOURCE_RUNS_DIR = data.DATA_DIR / "runs" / "sources"
 FULL_SEQ_LEN = 256
 
 
-def validation_windows(seq_len: int, max_sequences: int | None = None, tokenizer=None) -> dict[str, torch.Tensor]:
-    """Per domain, (n, seq_len) consecutive windows of the shipped validation stream (all when max_sequences is None)."""
-    tokens = data.load_tokens("validation", tokenizer=tokenizer)
-    limit = max_sequences if max_sequences is not None else max(t.numel() for t in tokens.values())
-    return data.validation_batches(tokens, seq_len, limit)
-
-
 @torch.no_grad()
 def shipped_validation_losses(model, seq_len: int = FULL_SEQ_LEN, max_sequences: int | None = None,
                               batch_size: int = 16) -> dict[str, float]:
     """Per domain, the mean next-token loss on the shipped validation windows, and their `mean`."""
     model.eval()
     losses = {}
-    for domain, windows in validation_windows(seq_len, max_sequences).items():
+    for domain, windows in data.validation_windows(seq_len, max_sequences).items():
         total = 0.0
         for i in range(0, len(windows), batch_size):
             batch = windows[i:i + batch_size]

@@ -71,10 +71,10 @@ def source_config(*, dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn
 
 
 def validation_windows(tokens: dict[str, torch.Tensor], per_domain: int = N_PER_DOMAIN) -> dict[str, torch.Tensor]:
-    """Per domain, the first `per_domain` validation windows of SEQ_LEN tokens (lab.data.validation_batches)."""
-    from lab.data import validation_batches
+    """lab.data.validation_windows of SEQ_LEN tokens, `per_domain` of them, from the encoded split `tokens`."""
+    from lab.data import validation_windows as windows_of
 
-    return validation_batches(tokens, SEQ_LEN, max_sequences=per_domain)
+    return windows_of(SEQ_LEN, per_domain, tokens=tokens)
 
 
 def build_source(cfg: ModelConfig, *, train_steps: int = 0, seed: int = 0,
@@ -181,17 +181,11 @@ def compare_methods(source: DecoderLM, tokens: torch.Tensor, **target) -> dict[s
     return out
 
 
-@torch.no_grad()
 def domain_expert_load(model: DecoderLM, windows: dict[str, torch.Tensor]) -> dict[str, list[list[float]]]:
-    """{domain: [[tokens per expert] per MoE layer]} of an MoE on each domain's windows (top_k per token)."""
-    if not model.config.is_moe:
-        raise LabError("the model is dense: it has no experts to count")
-    model.eval()
-    out = {}
-    for domain, x in windows.items():
-        counts = model(x, labels=x).tokens_per_expert  # (n_moe_layers, E)
-        out[domain] = counts.float().tolist()
-    return out
+    """{domain: [[tokens per expert] per MoE layer]} of an MoE on each domain's windows (lab.train.evaluate)."""
+    from lab.train.evaluate import expert_load_by_domain
+
+    return {domain: counts.float().tolist() for domain, counts in expert_load_by_domain(model, windows).items()}
 
 
 def upcycled_demo_model(source: DecoderLM, *, n_experts: int = 8, top_k: int = 2, routing: str = "topk_softmax",

@@ -61,13 +61,12 @@ def shape(cfg) -> str:
 def validation_loss(checkpoint: Path, seq_len: int = 128, max_sequences: int = 8) -> float:
     """Mean over domains of the LM loss on the shipped validation windows (fp32)."""
     import lab
-    from lab.data import load_tokens, validation_batches
+    from lab.data import validation_windows
 
     model = lab.load_pretrained(checkpoint, dtype=torch.float32)
     tokenizer = checkpoint / "tokenizer.json"
-    tokens = load_tokens("validation", tokenizer=tokenizer if tokenizer.is_file() else None)
-    losses = [model(batch, labels=batch).lm_loss.item()
-              for batch in validation_batches(tokens, seq_len, max_sequences).values()]
+    windows = validation_windows(seq_len, max_sequences, tokenizer=tokenizer if tokenizer.is_file() else None)
+    losses = [model(batch, labels=batch).lm_loss.item() for batch in windows.values()]
     return sum(losses) / len(losses)
 
 

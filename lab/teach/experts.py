@@ -11,21 +11,25 @@ from __future__ import annotations
 import torch
 
 from lab.teach.loop import validation_windows
+from lab.train.evaluate import expert_load_by_domain as count_by_domain
+
+
+def shares(counts: torch.Tensor) -> torch.Tensor:
+    """(n_moe_layers, n_experts) counts as each layer's shares of its assignments (rows sum to 1)."""
+    counts = counts.float()
+    return counts / counts.sum(dim=1, keepdim=True)
 
 
 @torch.no_grad()
 def expert_load(model, tokens: torch.Tensor) -> torch.Tensor:
     """(n_moe_layers, n_experts) fraction of the T * top_k assignments each expert got on `tokens` (n, T);
     each row sums to 1."""
-    was_training = model.training
-    counts = model.eval()(tokens).tokens_per_expert
-    model.train(was_training)
-    if counts is None:
+    if not model.config.is_moe:
         raise ValueError("the model has no MoE layer")
-    counts = counts.float()
-    return counts / counts.sum(dim=1, keepdim=True)
+    return shares(count_by_domain(model, {"tokens": tokens})["tokens"])
 
 
 def expert_load_by_domain(model, seq_len: int = 64, n_per_domain: int = 4) -> dict[str, torch.Tensor]:
     """`expert_load` on each domain's validation windows: {domain: (n_moe_layers, n_experts)}."""
-    return {domain: expert_load(model, ids) for domain, ids in validation_windows(seq_len, n_per_domain).items()}
+    counts = count_by_domain(model, validation_windows(seq_len, n_per_domain))
+    return {domain: shares(c) for domain, c in counts.items()}

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from lab.data import TrainBatches, load_tokens, validation_batches
+from lab.data import TrainBatches, load_tokens
+from lab.data import validation_windows as data_validation_windows
 from lab.train.step import train_step
 from lab.flops import flops_per_token
 from lab.runs import MetricsLog, Run
@@ -39,8 +40,8 @@ def train_batches(seq_len: int, batch_size: int, seed: int = 0) -> TrainBatches:
 
 
 def validation_windows(seq_len: int, n_per_domain: int = 4) -> dict[str, torch.Tensor]:
-    """Fixed (n, seq_len) validation windows per domain: the same text at every evaluation."""
-    return validation_batches(corpus_tokens("validation"), seq_len, n_per_domain)
+    """lab.data.validation_windows on the shipped split, encoded once per notebook kernel."""
+    return data_validation_windows(seq_len, n_per_domain, tokens=corpus_tokens("validation"))
 
 
 def val_loss(model, seq_len: int = 64, n_per_domain: int = 4) -> dict[str, float]:

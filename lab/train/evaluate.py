@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from lab.errors import LabError
+
 from lab.generate import sample_next
 
 
@@ -37,6 +39,21 @@ def validation_eval(model, batches: dict[str, torch.Tensor], device: torch.devic
             loads[domain] = out.tokens_per_expert.long().tolist()
     model.train(was_training)
     return losses, (loads or None)
+
+
+@torch.no_grad()
+def expert_load_by_domain(model, batches: dict[str, torch.Tensor], device: torch.device | None = None
+                          ) -> dict[str, torch.Tensor]:
+    """Per domain, an MoE's tokens per expert on that domain's windows: (n_moe_layers, n_experts) counts
+    of the top-k assignments (each row sums to tokens x top_k). The same count `validation_eval` records."""
+    if not model.config.is_moe:
+        raise LabError("the model is dense: it has no experts to count")
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    loads = {domain: model(ids.to(device)).tokens_per_expert.detach().cpu() for domain, ids in batches.items()}
+    model.train(was_training)
+    return loads
 
 
 @torch.no_grad()
