@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from lab import paths
+from lab.atomic_files import write_text_atomically
 
 NOTEBOOK_DIR = paths.NOTEBOOKS_DIR
 KERNEL_NAME = "python3"
@@ -45,9 +46,7 @@ def read_notebook(source: str | os.PathLike):
 def _write_atomic(nb, target: Path) -> Path:
     import nbformat
 
-    tmp = target.with_name(f".{target.name}.tmp")
-    nbformat.write(nb, str(tmp))
-    os.replace(tmp, target)
+    write_text_atomically(target, nbformat.writes(nb))
     return target
 
 

@@ -21,7 +21,6 @@ initialisation) and the growth and upcycling plans' seed (random maps, noise, ro
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Callable
 from lab.errors import LabError
 from lab.runs import META_FILE
 from lab.train import Recipe
+from lab.atomic_files import write_json_atomically
 
 STATE_FILE = "state.json"
 MEASUREMENTS_FILE = "measurements.json"
@@ -42,10 +42,7 @@ def seed_dir(out: Path, seed: int) -> Path:
 
 
 def write_json(path: Path, value: dict) -> None:
-    """Write atomically: a reader (or a killed writer) never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomically(path, value, default=str)
 
 
 def read_json(path: Path) -> dict | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 from lab.errors import LabError
 from lab.field_rules import non_negative, one_of, positive, rule  # noqa: F401 (the experiments import them from here)
 from lab import paths
+from lab.atomic_files import write_json_atomically
 
 ROOT = paths.ROOT
 # The dense source every experiment starts from (a shipped source, `python -m lab sources list`), and the
@@ -195,9 +195,7 @@ def record_settings(out: Path, experiment: str, settings) -> None:
     if Path(out).exists() and any(Path(out).iterdir()):
         raise LabError(f"{out}: exists, is not empty and holds no {SETTINGS_FILE}; choose another --out")
     Path(out).mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomically(path, current)
 
 
 def read_settings(out: Path) -> dict:

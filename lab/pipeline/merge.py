@@ -19,11 +19,10 @@ the transition, on the same validation windows).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from lab.runs import METRICS_FILE, read_metrics
+from lab.atomic_files import write_lines_atomically
 
 STAGES_DIR = "stages"
 CUMULATIVE = ("step", "tokens", "flops", "time")
@@ -71,8 +70,5 @@ def merged_records(out: Path, pipeline) -> list[dict]:
 def write_merged(out: Path, pipeline) -> list[dict]:
     """Rebuild OUT/metrics.jsonl (atomically: a reader never sees half a file)."""
     records = merged_records(out, pipeline)
-    path = Path(out) / METRICS_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    write_lines_atomically(Path(out) / METRICS_FILE, records)
     return records

@@ -14,7 +14,6 @@ for its checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from lab.runs import META_FILE
 from lab.train.lock import LOCK_FILE, RunLock
 from lab.train.loop import remove_made
 from lab.train.state import remove_partial
+from lab.atomic_files import write_json_atomically
 
 STATE_FILE = "pipeline_state.json"
 INIT_DIR = "init"
@@ -37,9 +37,7 @@ FINAL = "final"
 
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomically(path, value, default=str)
 
 
 def _read_json(path: Path) -> dict | None:

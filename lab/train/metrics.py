@@ -44,6 +44,7 @@ import torch
 
 from lab.json_input import JSONInputError, read_json
 from lab.runs import META_FILE, METRICS_FILE, parse_metrics
+from lab.atomic_files import write_json_atomically, write_lines_atomically
 
 
 class MetricsWriter:
@@ -70,9 +71,7 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in parse_metrics(path.read_bytes()).records if r.get("step", 0) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_lines_atomically(path, kept)
 
 
 def environment(device: torch.device, world_size: int) -> dict:
@@ -96,7 +95,4 @@ def read_meta(run_dir: Path) -> dict | None:
 
 
 def write_meta(run_dir: Path, meta: dict) -> None:
-    path = Path(run_dir) / META_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomically(Path(run_dir) / META_FILE, meta)
