@@ -97,8 +97,7 @@ def test_every_page_renders_without_exception(root_with_real_run):
 
 def test_the_shipped_reference_runs_render():
     """`make lab`'s first view: the default runs directory (data/runs), every page."""
-    if not find_runs(sources.DEFAULT_RUNS_DIR):
-        pytest.skip(f"no reference runs in {sources.DEFAULT_RUNS_DIR} (python -m lab.experiments.reference_runs)")
+    assert find_runs(sources.DEFAULT_RUNS_DIR), f"no reference runs in {sources.DEFAULT_RUNS_DIR}: they are shipped"
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     assert_clean(at, "first page")
     assert at.dataframe, "no runs table on the overview"

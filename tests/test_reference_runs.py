@@ -47,7 +47,6 @@ def test_check_names_what_is_missing_or_heavy(tmp_path):
     assert any("no-z-loss" in p for p in problems) and any("model.safetensors" in p for p in problems)
 
 
-@pytest.mark.skipif(not DATA_RUNS.is_dir(), reason="data/runs not generated")
 def test_shipped_reference_runs_are_complete_and_small():
     assert check(DATA_RUNS) == []
     found = {str(p.relative_to(DATA_RUNS)) for p in find_runs(DATA_RUNS)}
