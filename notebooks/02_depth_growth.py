@@ -29,8 +29,10 @@
 # preferring a layer's *neighbour* as the initialiser of a new layer.
 
 # %%
+import ipywidgets as widgets
 import pandas as pd
 import torch
+from IPython.display import display
 
 import lab
 from lab.paper import TABLE1_LOSS
@@ -39,7 +41,9 @@ from lab.growth import grow_model, half_again_deeper, inserted_copies, layer_ord
 from lab.plots.curves import loss_figure
 from lab.plots.growth import init_loss_figure, layer_order_figure
 from lab.plots.layers import layer_similarity_figure
+from lab.teach.controls import live_figure
 from lab.teach.display import setup_plotly
+from lab.train.evaluate import validation_losses
 from lab.teach.fast import pick, setup_torch
 from lab.teach.layers import substitution_losses, weight_similarity
 from lab.teach.loop import as_run, train_steps, val_loss, validation_windows
@@ -142,6 +146,28 @@ for kind, loss in after.items():
     print(f"{kind:<12} {loss:.4f} ({loss - source_loss:+.4f} against the source)")
 init_loss_figure(after, source_loss=source_loss, relative=True,
                  title=f"Validation loss right after {SOURCE_LAYERS} → {TARGET_LAYERS} layer growth, above the source's")
+
+# %% [markdown]
+# Move the target depth and see each rule's loss right after growth (on 8 windows per domain, so that a
+# change takes a second or two; the numbers above use more):
+
+# %%
+probe = validation_windows(SEQ, 8)
+
+
+def depth_at_init(target_layers: int):
+    losses = {kind: validation_losses(grow_model(source, plan_growth(source_cfg, n_layers=target_layers,
+                                                                     depth=kind)), probe, torch.device("cpu"))
+              for kind in orders}
+    means = {kind: sum(l.values()) / len(l) for kind, l in losses.items()}
+    base = validation_losses(source, probe, torch.device("cpu"))
+    return init_loss_figure(means, source_loss=sum(base.values()) / len(base), relative=True,
+                            title=f"{SOURCE_LAYERS} → {target_layers} layers: loss right after growth, above the source's")
+
+
+depth_controls, depth_state = live_figure(depth_at_init, {"target_layers": widgets.IntSlider(
+    value=TARGET_LAYERS, min=SOURCE_LAYERS + 1, max=2 * SOURCE_LAYERS, description="layers", continuous_update=False)})
+display(depth_controls)
 
 # %% [markdown]
 # Identity blocks keep the loss exactly (the logit gap above is at float rounding). Stacking against

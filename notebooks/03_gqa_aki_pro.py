@@ -24,14 +24,17 @@
 #    depth, and look at the validation loss after each step.
 
 # %%
+import ipywidgets as widgets
 import pandas as pd
 import torch
+from IPython.display import display
 
 import lab
 from lab import paths
 from lab.growth import grouped_map, grow_model, growth_maps, layer_order, plan_growth
 from lab.plots.growth import init_loss_figure, layer_order_figure
 from lab.plots.heads import head_groups_figure
+from lab.teach.controls import live_figure
 from lab.teach.display import setup_plotly
 from lab.teach.fast import pick, setup_torch
 from lab.teach.heads import global_head_map, groups_after_growth, kv_group, permute_q_heads
@@ -100,6 +103,25 @@ plain = groups_after_growth(global_head_map(8, 10), 8, 2, 10)
 grouped = groups_after_growth(grouped_map(2, 4, 5), 8, 2, 10)
 head_groups_figure({"MHA rule: g(i) = i mod 8": plain, "AKI-Pro: grow inside each group": grouped},
                    title="8 → 10 q heads with 2 kv groups: which group each head was trained with")
+
+# Move the sizes: kv groups, q heads per group before and after. The MHA rule scatters the copies across
+# groups whenever the number of heads per group changes; AKI-Pro's rule never does.
+
+# %%
+def head_groups(groups: int, per_group: int, new_per_group: int):
+    before, after = groups * per_group, groups * max(new_per_group, per_group)
+    return head_groups_figure(
+        {f"MHA rule: g(i) = i mod {before}": groups_after_growth(global_head_map(before, after), before, groups, after),
+         "AKI-Pro: grow inside each group": groups_after_growth(grouped_map(groups, per_group, after // groups),
+                                                                before, groups, after)},
+        title=f"{before} → {after} q heads in {groups} kv groups: which group each head was trained with")
+
+
+head_controls, head_state = live_figure(head_groups, {
+    "groups": widgets.IntSlider(value=2, min=1, max=4, description="kv groups", continuous_update=False),
+    "per_group": widgets.IntSlider(value=4, min=1, max=6, description="heads/group", continuous_update=False),
+    "new_per_group": widgets.IntSlider(value=5, min=1, max=8, description="after", continuous_update=False)})
+display(head_controls)
 
 # %%
 H_new = 40

@@ -26,13 +26,16 @@
 # %%
 import math
 
+import ipywidgets as widgets
 import pandas as pd
 import torch
+from IPython.display import display
 
 import lab
 from lab.plots.curves import loss_figure
 from lab.plots.experts import domain_load_figure, expert_load_heatmap, router_metrics_figure
 from lab.plots.matrices import matrices_figure
+from lab.teach.controls import live_figure
 from lab.teach.display import setup_plotly
 from lab.teach.experts import expert_load_by_domain
 from lab.teach.fast import pick, setup_torch
@@ -99,6 +102,30 @@ out = moe(tokens, labels=tokens)
 print(f"router entropy at init: {out.router_entropy.item():.3f} nats (max ln 8 = {math.log(8):.3f})")
 domain_load_figure({d: load.tolist() for d, load in expert_load_by_domain(moe, SEQ).items()},
                    title="Expert load per layer and domain, at initialisation")
+
+# %% [markdown]
+# Move the choices: experts, experts per token, the routing order, the router's initial scale, the
+# granularity (experts cut into slices in virtual groups, top-k scaled with them). The figure is the load
+# at initialisation, as above.
+
+# %%
+def load_at_init(experts: int, top_k: int, routing: str, router_std: float, granularity: int):
+    plan = UpcyclePlan(n_experts=experts * granularity, top_k=min(top_k, experts) * granularity, routing=routing,
+                       router_init_std=router_std, granularity=granularity)
+    model = upcycle_model(dense, plan)
+    return domain_load_figure({d: load.tolist() for d, load in expert_load_by_domain(model, SEQ).items()},
+                              title=f"{plan.n_experts} experts, top-{plan.top_k}, {routing}, router std {router_std:g}: "
+                                    "load at initialisation")
+
+
+router_controls, router_state = live_figure(load_at_init, {
+    "experts": widgets.IntSlider(value=8, min=2, max=16, description="experts", continuous_update=False),
+    "top_k": widgets.IntSlider(value=2, min=1, max=4, description="top-k", continuous_update=False),
+    "routing": widgets.Dropdown(options=["topk_softmax", "softmax_topk"], value="topk_softmax", description="routing"),
+    "router_std": widgets.FloatLogSlider(value=0.02, base=10, min=-3, max=0, description="router std",
+                                         continuous_update=False),
+    "granularity": widgets.IntSlider(value=1, min=1, max=2, description="granularity", continuous_update=False)})
+display(router_controls)
 
 # %% [markdown]
 # That uneven start is what the load-balancing loss has to fix (and, since every expert is the same MLP,

@@ -22,13 +22,18 @@
 # curves are longer than a notebook should train.
 
 # %%
+import ipywidgets as widgets
 import pandas as pd
+import plotly.graph_objects as go
 import torch
+from IPython.display import display
 
 import lab
 from lab.flops import flops_per_token
 from lab.growth import grow_model, plan_growth
 from lab.plots.curves import loss_figure
+from lab.plots.style import finish, named_color
+from lab.teach.controls import live_figure
 from lab.teach.display import setup_plotly
 from lab.teach.fast import pick, setup_torch
 from lab.teach.loop import as_run, events, train_steps, val_loss
@@ -63,6 +68,7 @@ for stage, steps in STEPS.items():
     if stage == "scale-up":
         model = grow_model(model, plan_growth(model.config, method="aki-pro", dim=128, n_heads=8, ffn_dim=256,
                                               n_layers=3))
+        grown_cfg = model.config
     elif stage == "scale-out":
         model = upcycle_model(model, UpcyclePlan(n_experts=8, top_k=2))
     new = train_steps(model, steps, lr=LR, warmup=10, seq_len=SEQ, first_step=step,
@@ -96,6 +102,34 @@ for stage in STEPS:
     previous = evals[-1]["val_loss_mean"]
 rows.append({"stage": "baseline (same FLOPs)", "end of stage": events(baseline_records, "eval")[-1]["val_loss_mean"]})
 pd.DataFrame(rows).set_index("stage")
+
+# %% [markdown]
+# **Stage budgets.** Equal FLOPs is the rule of the comparison: move the steps of each stage and see how
+# many tokens the pipeline trains on, stage by stage, and how many the from-scratch baseline gets for the
+# same FLOPs (its MoE spends more per token than the small dense models).
+
+# %%
+shapes = {"preparation": small_cfg, "scale-up": grown_cfg, "scale-out": final_cfg}
+
+
+def budget_figure(preparation: int, scale_up: int, scale_out: int):
+    steps = {"preparation": preparation, "scale-up": scale_up, "scale-out": scale_out}
+    tokens = {stage: n * batch * SEQ for stage, n in steps.items()}
+    total_flops = sum(tokens[s] * flops_per_token(shapes[s], SEQ) for s in steps)
+    baseline_tokens = total_flops / flops_per_token(final_cfg, SEQ)
+    fig = go.Figure([go.Bar(x=["EfficientScale"], y=[tokens[s]], name=s, marker_color=named_color(s, i))
+                     for i, s in enumerate(steps)]
+                    + [go.Bar(x=["from scratch"], y=[baseline_tokens], name="baseline", marker_color=named_color("baseline", 3))])
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title="training tokens")
+    return finish(fig, f"{total_flops:.3g} FLOPs: the pipeline trains {sum(tokens.values()):,} tokens, "
+                       f"the baseline {baseline_tokens:,.0f}")
+
+
+budget_controls, budget_state = live_figure(budget_figure, {
+    name.replace("-", "_"): widgets.IntSlider(value=n, min=0, max=4 * n, description=name, continuous_update=False)
+    for name, n in STEPS.items()})
+display(budget_controls)
 
 # %% [markdown]
 # Read the table as the paper's Figure 4 and Table 1/2 together: the scale-out transition keeps the loss

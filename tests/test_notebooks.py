@@ -167,6 +167,18 @@ def test_reference_helpers_tolerate_missing_runs(tmp_path):
 
 
 # ------------------------------------------------------------------ the notebooks
+PROBE_CELL = """
+
+# %%
+from lab.teach.controls import LIVE, move
+
+for _controls, _state in LIVE:
+    _before = _state["figure"].to_json()
+    move(next(iter(_controls.values())))
+    assert _state["figure"].to_json() != _before, "a control did not change its figure"
+print(f"moved {len(LIVE)} live figure(s)")
+"""
+
 def test_six_notebooks_each_with_prose_figures_and_exercises(tmp_path):
     sources = notebook_sources()
     assert [s.stem for s in sources] == EXPECTED
@@ -183,12 +195,42 @@ def test_six_notebooks_each_with_prose_figures_and_exercises(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPECTED)
-def test_notebook_executes_fast(name, record_property):
+def test_notebook_executes_fast(name, record_property, tmp_path):
     source = next(s for s in notebook_sources() if s.stem == name)
-    done = execute(source, fast=True, timeout=600)
+    # One more cell at the end moves every live figure's first control and checks the figure changed:
+    # each notebook's controls move what they draw (notebook 05's explorer has its own test below).
+    probe = tmp_path / source.name
+    probe.write_text(source.read_text() + PROBE_CELL)
+    done = execute(probe, fast=True, timeout=600)
     record_property("seconds", round(done.seconds, 1))
     print(f"\n{name}: {done.seconds:.1f} s")
     figures = sum("application/vnd.plotly.v1+json" in o.get("data", {})
                   for c in done.notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert figures >= 1, f"{name}: no figure was drawn"
     assert math.isfinite(done.seconds)
+
+
+# ------------------------------------------------------------------ controls (every notebook has one)
+def test_a_live_figure_is_rebuilt_when_a_control_moves():
+    import ipywidgets as w
+    import plotly.graph_objects as go
+
+    from lab.teach.controls import live_figure
+
+    def bars(height: float, label: str):
+        return go.Figure(go.Bar(x=[label], y=[height]), layout=dict(title=f"{label} {height}"))
+
+    box, state = live_figure(bars, {"height": w.FloatSlider(value=1.0), "label": w.Dropdown(options=["a", "b"])})
+    figure_widget = box.children[1]
+    assert list(figure_widget.data[0].y) == [1.0]
+    box.children[0].children[0].value = 3.0
+    box.children[0].children[1].value = "b"
+    assert list(figure_widget.data[0].y) == [3.0] and list(figure_widget.data[0].x) == ["b"]
+    assert figure_widget.layout.title.text == "b 3.0" == state["figure"].layout.title.text
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_notebook_has_a_control_that_moves_a_figure(name):
+    """Each notebook's source builds a live figure or an explorer (lab.teach.controls / savings_widget)."""
+    text = next(s for s in notebook_sources() if s.stem == name).read_text()
+    assert "live_figure(" in text or "savings_explorer(" in text, f"{name} has no interactive control"

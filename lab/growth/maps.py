@@ -5,7 +5,8 @@ A map `g` of a dimension grown from `old` to `new` units sends each new index to
 in-dimension split divides by, so that the sum over the copies is the old weight.
 
 - cyclic (the lab's default): `g(i) = i mod old`. With an integer ratio every unit is copied the same
-  number of times, which is what keeps RMSNorm, and so the whole function, exact (REFERENCE.md).
+  number of times, which is what keeps RMSNorm, and so the whole function, exact (bert2BERT, arXiv
+  2110.07143, 3.1; AquilaMoE, arXiv 2408.06567, Table 2).
 - random (bert2BERT): the units beyond `old` copy old units drawn uniformly at random (seeded).
 - grouped (AquilaMoE's GQA rule): attention heads grow inside each kv group, one of the two maps above
   per group, in Hugging Face's GQA layout (q heads of group j at [j * per_group, (j + 1) * per_group)).

@@ -19,7 +19,8 @@ from lab.config import ROUTER_LOSS_AGGREGATIONS, ROUTINGS, ModelConfig
 from lab.errors import LabError
 
 # Megatron, FlagScale and Hugging Face initialise routers with std 0.02; the AquilaMoE paper writes
-# "variance 0.02", i.e. std sqrt(0.02) = 0.141 (REFERENCE.md, decision 1).
+# "variance 0.02" (arXiv 2408.06567, 2.2.2), i.e. std sqrt(0.02) = 0.141; the lab follows the
+# implementations and keeps the paper's reading as PAPER_ROUTER_VARIANCE.
 DEFAULT_ROUTER_STD = 0.02
 PAPER_ROUTER_VARIANCE = 0.02
 
