@@ -206,3 +206,20 @@ def test_load_colour_scales_cover_the_data_and_panels_share_one():
     assert {trace.zmax for trace in fig.data} == {0.5}  # one scale for both panels, reaching the data's top
     assert all(trace.zmid == 1 / 8 for trace in fig.data)
     assert domain_load_figure({"english": even}).data[0].zmax == 0.25  # at least 2/E, white stays at 1/E
+
+
+def test_no_two_lines_of_a_loss_figure_look_alike():
+    from lab.plots.curves import loss_figure
+    from lab.teach.loop import as_run
+
+    def run(name):
+        return as_run(name, [{"event": "eval", "step": s, "val_loss": {"english": 4.0 - s, "code": 3.0 - s},
+                              "val_loss_mean": 3.5 - s} for s in (0, 1)])
+
+    runs = [run(f"growth/{i}") for i in range(8)]  # the eight growth reference runs
+    for metric in ("val_loss", "val_loss_mean"):
+        looks = [(t.line.color, t.line.dash, t.marker.symbol) for t in loss_figure(runs, metric=metric).data]
+        assert len(looks) == len(set(looks)) == (16 if metric == "val_loss" else 8)
+    many = [run(f"r{i}") for i in range(20)]
+    looks = [(t.line.color, t.line.dash) for t in loss_figure(many, metric="val_loss_mean").data]
+    assert len(set(looks)) == 20

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import plotly.graph_objects as go
 
-from lab.plots.style import DASHES, X_LABELS, color, finish, named_color, smooth
+from lab.plots.style import X_LABELS, finish, named_color, run_color_dash, run_line, smooth
 from lab.runs import Run
 
 X_AXES = ("step", "tokens", "flops", "time")
@@ -137,11 +137,11 @@ def loss_figure(runs: Sequence[Run], *, x: str = "step", metric: str = "loss",
     # Per-domain lines: the colour names the domain, the dash the run; otherwise the colour names the run.
     if metric == "val_loss":
         wanted = list(domains) if domains is not None else val_domains(runs)
-        lines = [(r, run, d, f"{run.name} · {d}" if len(runs) > 1 else d, named_color(d, k), DASHES[r % len(DASHES)])
+        lines = [(run, d, f"{run.name} · {d}" if len(runs) > 1 else d, named_color(d, k), *run_line(r))
                  for r, run in enumerate(runs) for k, d in enumerate(wanted)]
     else:
-        lines = [(r, run, None, run.name, color(r), "solid") for r, run in enumerate(runs)]
-    for _, run, domain, name, c, dash in lines:
+        lines = [(run, None, run.name, *run_color_dash(r), "circle") for r, run in enumerate(runs)]
+    for run, domain, name, c, dash, symbol in lines:
         xs, ys, stages = series(run, metric, x=x, domain=domain)
         if not xs:
             continue
@@ -152,7 +152,7 @@ def loss_figure(runs: Sequence[Run], *, x: str = "step", metric: str = "loss",
             ys = smooth(ys, smoothing)
         mode = "lines+markers" if metric_event(metric) == "eval" else "lines"
         fig.add_trace(go.Scatter(x=xs, y=ys, mode=mode, name=name, legendgroup=name, text=hover,
-                                 line=dict(color=c, width=2, dash=dash), marker=dict(size=5)))
+                                 line=dict(color=c, width=2, dash=dash), marker=dict(size=6, symbol=symbol)))
     if mark_stages:
         add_stage_marks(fig, runs, x, log_x)
     fig.update_xaxes(title=X_LABELS.get(x, x), type="log" if log_x else "linear")

@@ -27,6 +27,19 @@ X_LABELS: dict[str, str] = {"step": "step", "tokens": "tokens seen", "flops": "t
 
 
 DASHES: tuple[str, ...] = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+SYMBOLS: tuple[str, ...] = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star", "hexagon")
+
+
+def run_line(index: int) -> tuple[str, str]:
+    """(dash, marker symbol) of the `index`-th run where the colour names something else (a domain): no two
+    of the first len(DASHES) x len(SYMBOLS) = 48 runs look alike."""
+    return DASHES[index % len(DASHES)], SYMBOLS[(index // len(DASHES)) % len(SYMBOLS)]
+
+
+def run_color_dash(index: int) -> tuple[str, str]:
+    """(colour, dash) of the `index`-th run where the colour names the run: the palette first, then the same
+    colours dashed, so no two of the first len(PALETTE) x len(DASHES) = 72 runs look alike."""
+    return color(index), DASHES[(index // len(PALETTE)) % len(DASHES)]
 
 
 def color(index: int) -> str:
