@@ -56,10 +56,6 @@ def build(source: str | os.PathLike, target: str | os.PathLike | None = None) ->
     return _write_atomic(read_notebook(source), Path(target) if target is not None else source.with_suffix(".ipynb"))
 
 
-def build_all(directory: str | os.PathLike | None = None) -> list[Path]:
-    return [build(source) for source in notebook_sources(directory)]
-
-
 @dataclass
 class Executed:
     source: Path

@@ -31,6 +31,7 @@ from IPython.display import display
 
 import lab
 from lab import paths
+from lab.paper import TABLE2_LOSS
 from lab.growth import grouped_map, grow_model, growth_maps, layer_order, plan_growth
 from lab.plots.growth import init_loss_figure, layer_order_figure
 from lab.plots.heads import head_groups_figure
@@ -196,9 +197,14 @@ steps = {
 source_loss = val_loss(source, SEQ, WINDOWS)["mean"]
 table2 = {name: val_loss(grow_model(source, plan_growth(source_cfg, **options)), SEQ, WINDOWS)["mean"]
           for name, options in steps.items()}
+paper_rows = dict(zip(["source (8 layers, 128 wide)", *steps],  # lab.paper: 7B -> 16B, Table 2
+                      [TABLE2_LOSS["source"], TABLE2_LOSS["width-integer"], TABLE2_LOSS["width-noninteger"],
+                       TABLE2_LOSS["width-depth"], TABLE2_LOSS["aki-pro"]]))
 pd.DataFrame({"validation loss": {"source (8 layers, 128 wide)": source_loss, **table2},
               "above the source": {"source (8 layers, 128 wide)": 0.0,
-                                   **{k: v - source_loss for k, v in table2.items()}}}).style.format("{:.4f}")
+                                   **{k: v - source_loss for k, v in table2.items()}},
+              "paper, above its source": {k: v - TABLE2_LOSS["source"] for k, v in paper_rows.items()}
+              }).style.format("{:.4f}")
 
 # %%
 init_loss_figure(table2, source_loss=source_loss, relative=True,

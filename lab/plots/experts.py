@@ -5,7 +5,7 @@ so the router alone decides who gets which tokens; the load-balancing loss (1 at
 the router z-loss keep that spread even and the logits small. These builders show the spread:
 - `expert_load_heatmap`: share of a layer's token assignments per expert over training (train
   records' `tokens_per_expert`, one list of counts per MoE layer);
-- `layer_expert_heatmap` / `domain_load_figure`: one snapshot, layers x experts, for one or several
+- `domain_load_figure`: one snapshot, layers x experts, for one or several
   domains (measured live, or from eval records' `tokens_per_expert_by_domain` when a run has them);
 - `router_metrics_figure`: load-balancing loss, z-loss and router entropy over time, runs overlaid.
 A uniform router gives every expert 1/E of the assignments: the colour scale is centred there (white),
@@ -96,18 +96,6 @@ def expert_load_heatmap(run: Run, *, layer: int | None = None, x: str = "step", 
     fig.update_xaxes(title=X_LABELS.get(x, x), row=max(len(layers), 1), col=1)
     return finish(fig, title or f"{run.name}: tokens per expert", height=max(260, 170 * len(layers) + 100),
                   legend=False)
-
-
-def layer_expert_heatmap(counts: Sequence[Sequence[float]], *, normalize: bool = True,
-                         title: str | None = None) -> go.Figure:
-    """One snapshot of load: layers (rows) x experts (columns), shares of each layer's assignments."""
-    z = [_shares(row) if normalize else list(row) for row in counts]
-    zmid = 1.0 / len(z[0]) if normalize and z and z[0] else None
-    fig = go.Figure(_heatmap(z, list(range(len(z[0]) if z else 0)), list(range(len(z))), zmid=zmid,
-                             showscale=True, colorbar_title="share" if normalize else "tokens"))
-    fig.update_xaxes(title="expert", dtick=1)
-    fig.update_yaxes(title="MoE layer", dtick=1, autorange="reversed")
-    return finish(fig, title, height=300, legend=False)
 
 
 def domain_load_figure(loads: Mapping[str, Sequence[Sequence[float]]], *, normalize: bool = True,
