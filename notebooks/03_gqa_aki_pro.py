@@ -35,6 +35,7 @@ from lab.paper import TABLE2_LOSS
 from lab.growth import grouped_map, grow_model, growth_maps, layer_order, plan_growth
 from lab.plots.growth import init_loss_figure, layer_order_figure
 from lab.plots.heads import head_groups_figure
+from lab.teach.claims import claims_table, per_seed_table
 from lab.teach.controls import live_figure
 from lab.teach.display import setup_plotly
 from lab.teach.fast import pick, setup_torch
@@ -220,6 +221,17 @@ init_loss_figure(table2, source_loss=source_loss, relative=True,
 # before the lossy depth step; the paper's Figure 3 shows AKI's worse start repaid during continued
 # training, which the seeded experiment tests (claim C5 in `data/claims.json`).
 #
+# The same comparison as a seeded experiment (`python -m lab experiments run table2`, judged by the rule of
+# `lab/experiments/claims.py`; the growth has nothing random in it, so every seed measures the same):
+
+# %%
+per_seed_table("table2", ["source/loss", "width-integer/grown_loss", "width-noninteger/grown_loss",
+                          "width-depth/grown_loss"])
+
+# %%
+claims_table(["C7", "C8"])
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Take an MHA model (`lab.ModelConfig(dim=64, n_layers=3, n_heads=4, n_kv_heads=4, ffn_dim=128)`) and

@@ -35,6 +35,7 @@ import lab
 from lab.plots.curves import loss_figure
 from lab.plots.experts import domain_load_figure, expert_load_heatmap, router_metrics_figure
 from lab.plots.matrices import matrices_figure
+from lab.teach.claims import claims_table, per_seed_table
 from lab.teach.controls import live_figure
 from lab.teach.display import setup_plotly
 from lab.teach.experts import expert_load_by_domain
@@ -196,6 +197,21 @@ fig
 for name in ("topk-softmax", "no-aux-loss"):
     if name in routing:
         expert_load_heatmap(routing[name], title=f"{name}: tokens per expert").show()
+
+# %% [markdown]
+# **The seeded experiment.** The reference runs above are one short run each. The experiment `upcycle`
+# (`python -m lab experiments run upcycle`) upcycles the pretrained `source-deep` over seeds and trains
+# each variant 200 steps, the dense model for the same FLOPs; its per-seed results, and the claims of
+# He et al. they test, judged by the rule of `lab/experiments/claims.py` (empty until the experiment has
+# been exported to `data/runs/experiments/`):
+
+# %%
+per_seed_table("upcycle", [f"{run}/trained_loss" for run in ("dense", "topk-softmax", "softmax-topk", "granularity-2",
+                                                           "no-aux-loss", "no-z-loss")]
+               + ["topk-softmax/load_cv", "no-aux-loss/load_cv"])
+
+# %%
+claims_table(["C9", "C10", "C11", "C12", "C13"])
 
 # %% [markdown]
 # ## 5. Drop-Upcycling: copies that can specialise

@@ -7,6 +7,7 @@ and recorded as a test property (`pytest -s` or the junit report shows it).
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -234,3 +235,20 @@ def test_every_notebook_has_a_control_that_moves_a_figure(name):
     """Each notebook's source builds a live figure or an explorer (lab.teach.controls / savings_widget)."""
     text = next(s for s in notebook_sources() if s.stem == name).read_text()
     assert "live_figure(" in text or "savings_explorer(" in text, f"{name} has no interactive control"
+
+
+def test_the_notebooks_read_seeded_experiments_and_judged_claims(tmp_path):
+    from lab.teach.claims import claims_table, per_seed_table
+
+    for seed, value in ((0, 3.0), (1, 3.2), (2, 3.4)):
+        folder = tmp_path / "seed-0" / "upcycle" / f"seed-{seed}"
+        folder.mkdir(parents=True)
+        (folder / "measurements.json").write_text(json.dumps(
+            {"experiment": "upcycle", "seed": seed, "values": {"dense/trained_loss": value}}))
+    table = per_seed_table("upcycle", ["dense/trained_loss", "absent"], root=tmp_path)
+    assert list(table.index) == ["dense/trained_loss"]
+    assert table.loc["dense/trained_loss", "mean"] == pytest.approx(3.2)
+    assert table.loc["dense/trained_loss", "stdev"] == pytest.approx(0.2)
+    assert per_seed_table("table1", ["x"], root=tmp_path).empty  # not exported yet: empty, no error
+    shipped = claims_table(["C7", "C8", "C99"])  # data/claims.json, committed
+    assert list(shipped.index) == ["C7", "C8"] and set(shipped["verdict"]) <= {"holds", "inconclusive", "contradicted"}
