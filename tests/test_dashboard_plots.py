@@ -223,3 +223,13 @@ def test_no_two_lines_of_a_loss_figure_look_alike():
     many = [run(f"r{i}") for i in range(20)]
     looks = [(t.line.color, t.line.dash) for t in loss_figure(many, metric="val_loss_mean").data]
     assert len(set(looks)) == 20
+
+
+def test_bookkeeping_fields_are_not_offered_as_metrics():
+    from lab.plots.curves import available_metrics
+    from lab.teach.loop import as_run
+
+    run = as_run("p", [{"event": "train", "step": 1, "stage_step": 1, "tokens": 8, "flops": 1.0, "loss": 3.0,
+                        "lr": 1e-3}])
+    offered = available_metrics([run])
+    assert "stage_step" not in offered and {"loss", "lr"} <= set(offered)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lab.dashboard import sources
-from lab.plots.curves import METRIC_LABELS, available_metrics, loss_figure, val_domains
+from lab.plots.curves import METRIC_LABELS, available_metrics, loss_figure, stage_boundaries, val_domains
 
 PREFER = ("efficientscale-tiny", "efficientscale-tiny-baseline")
 REFRESH_S = 5
@@ -43,7 +43,7 @@ def render() -> None:
     group = g.selectbox("runs of", ["(chosen here)"] + list(grouped), key="loss_group",
                         help="a group is a folder of the runs directory: growth (paper Table 1), routing, ...")
     if group in grouped and st.session_state.get("loss_group_shown") != group:
-        st.session_state["loss_runs"] = grouped[group][:8]  # a new group replaces the selection once
+        st.session_state["loss_runs"] = grouped[group]  # a new group replaces the selection once, all of it
     st.session_state["loss_group_shown"] = group
     with r:
         chosen = sources.select_runs("runs", runs, sources.default_runs(runs, PREFER), key="loss_runs")
@@ -51,7 +51,9 @@ def render() -> None:
         st.info("Choose one or more runs.")
         return
     c1, c2, c3 = st.columns(3)
-    x = c1.radio("x axis", ["step", "tokens", "flops"], horizontal=True,
+    # A pipeline is compared with its baseline at equal training FLOPs (the paper's claim): FLOPs by default.
+    pipeline = any(stage_boundaries(run) for run in chosen)
+    x = c1.radio("x axis", ["step", "tokens", "flops"], horizontal=True, index=2 if pipeline else 0,
                  format_func=lambda v: "FLOPs (log)" if v == "flops" else v)
     metrics = available_metrics(chosen) or ["loss"]
     metric = c2.selectbox("metric", [m for m in metrics if m != "val_loss"] or metrics,

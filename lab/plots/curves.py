@@ -73,7 +73,7 @@ def available_metrics(runs: Iterable[Run]) -> list[str]:
     """The plottable metrics present in the runs: known ones first, then other numeric train fields."""
     runs = list(runs)
     present: dict[str, None] = {}
-    skip = {"step", "tokens", "flops", "time"}
+    skip = {"step", "tokens", "flops", "time", "stage_step"}  # axes and bookkeeping, not metrics
     for run in runs:
         for record in run.events("train"):
             present.update((k, None) for k, v in record.items() if k not in skip and _number(v) is not None)
