@@ -214,6 +214,16 @@ per_seed_table("upcycle", [f"{run}/trained_loss" for run in ("dense", "topk-soft
 claims_table(["C9", "C10", "C11", "C12", "C13"])
 
 # %% [markdown]
+# Read the verdicts against the paper. Over seeds 0-2 the upcycled MoE starts exactly at the dense loss
+# (C9), softmax-then-top-k ends below top-k-then-softmax (C11) and the load-balancing loss keeps the load
+# more even (C13), as He et al. report; but after 200 steps the MoE ends above the dense model trained for
+# the same FLOPs (C10) and granularity 2 above granularity 1 (C12), the opposite of their results. Compare
+# the `no-z-loss` row with the dense row: without the router z-loss the MoE ends level with the dense
+# model. With the paper's coefficient summed over eight layers, the z-loss of a near-uniform router is
+# 8 × (ln 8)² ≈ 35, a tenth of the first step's training loss, and the router spends these short runs
+# pushing its logits down. Longer training, or the z-loss averaged over layers, is what to try next.
+
+# %% [markdown]
 # ## 5. Drop-Upcycling: copies that can specialise
 #
 # Upcycled experts start identical, and identical experts chosen together get similar updates: they
