@@ -230,6 +230,22 @@ def test_a_live_figure_is_rebuilt_when_a_control_moves():
     assert figure_widget.layout.title.text == "b 3.0" == state["figure"].layout.title.text
 
 
+def test_moving_a_control_keeps_it_within_its_range():
+    import ipywidgets as w
+
+    from lab.teach.controls import move
+
+    log = w.FloatLogSlider(value=0.02, base=10, min=-3, max=0)
+    move(log)
+    assert log.value == pytest.approx(1e-3)  # 10 ** min, not the exponent
+    ints = w.IntSlider(value=2, min=2, max=8)
+    move(ints)
+    assert ints.value == 8
+    pick_one = w.Dropdown(options=["a", "b"], value="a")
+    move(pick_one)
+    assert pick_one.value == "b"
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_every_notebook_has_a_control_that_moves_a_figure(name):
     """Each notebook's source builds a live figure or an explorer (lab.teach.controls / savings_widget)."""

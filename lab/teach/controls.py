@@ -23,8 +23,11 @@ def move(control) -> None:
     if options:
         labels = [o[1] if isinstance(o, tuple) else o for o in options]
         control.value = next(o for o in labels if o != control.value)
-    else:
-        control.value = control.min if control.value != control.min else control.max
+        return
+    low, high = control.min, control.max
+    if hasattr(control, "base"):  # a log slider's min and max are exponents
+        low, high = control.base ** low, control.base ** high
+    control.value = low if control.value != low else high
 
 
 def live_figure(make_figure: Callable, controls: dict) -> tuple[object, dict]:
