@@ -135,6 +135,20 @@ def test_half_written_checkpoints_are_never_picked_up(tmp_path):
     assert not (ckpts / ".step-000006.partial-deadbeef").exists()
 
 
+def test_the_checkpoint_writers_own_temporary_is_removed_too(tmp_path):
+    # A SIGKILL inside the checkpoint writer leaves the temporary it fills before the rename:
+    # ".<partial dir>.tmp-<pid>-<8 hex>", a hidden name inside a hidden name. Found by a hard-kill test.
+    recipe = tiny_recipe(train={"max_steps": 10, "sample_tokens": 0})
+    train(recipe, tmp_path / "run", max_steps=5, progress=False)
+    ckpts = tmp_path / "run" / CHECKPOINTS
+    leftover = ckpts / "..step-000006.partial-72fce128.tmp-32543-497a7384"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")
+    (ckpts / ".git").mkdir()  # not the lab's: kept
+    train(recipe, tmp_path / "run", resume=True, progress=False)
+    assert not leftover.exists() and (ckpts / ".git").is_dir()
+
+
 def run_cli(*args):
     return main(["train", *map(str, args), "--quiet"])
 

@@ -61,7 +61,10 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 # The hidden names the lab itself gives to what it is still writing in a run directory; nothing else there
 # is touched (a user's `.git/` or `.venv/` stays).
-_LEFTOVER_DIRS = re.compile(r"^\.(?:step-\d{6,}|final)\.(?:partial|old)-[0-9a-f]{8}$")
+# A partial checkpoint directory, or the temporary sibling the checkpoint writer fills before renaming it
+# into place (lab.checkpoint.io.temporary_sibling: ".<name>.tmp-<pid>-<8 hex>"), which a SIGKILL in the
+# middle of a write leaves behind.
+_LEFTOVER_DIRS = re.compile(r"^\.\.?(?:step-\d{6,}|final)\.(?:partial|old)-[0-9a-f]{8}(?:\.tmp-\d+-[0-9a-f]{8})?$")
 _LEFTOVER_FILES = re.compile(r"^\.(?:metrics\.jsonl|meta\.json|pipeline_state\.json)\.tmp$")
 
 
