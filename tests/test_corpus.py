@@ -245,3 +245,25 @@ def test_a_finished_run_exports_as_a_source_with_a_model_card(tmp_path, monkeypa
     assert next(model.parameters()).dtype == torch.bfloat16
     assert main(["sources", "export", str(tmp_path / "run"), "--out", str(tmp_path / "src")]) == 2  # exists
     assert main(["sources", "export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_cached_package_of_another_version_is_fetched_again(tmp_path, monkeypatch):
+    """A package cached while the package index was old is not reused: the pinned version may be there now."""
+    from lab.corpus import packages
+
+    asked: list[list[str]] = []
+
+    def refuse(command, cwd):
+        asked.append(command)
+        return subprocess.CompletedProcess(command, 100, "", "E: not found")
+
+    monkeypatch.setattr(packages, "_run", refuse)
+    package = packages.PYTHON_DOC
+    root = tmp_path / f"{package.name}.root"
+    root.mkdir()
+    (root / ".version").write_text(package.version)
+    assert packages._debian(package, tmp_path) == (root, package.version) and asked == []
+    (root / ".version").write_text("3.11.2-6+deb12u8")
+    with pytest.raises(LabError, match="run apt-get update"):
+        packages._debian(package, tmp_path)
+    assert asked[0] == ["apt-get", "download", f"{package.name}={package.version}"]

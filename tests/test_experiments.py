@@ -22,6 +22,7 @@ from lab.experiments import claims as claims_module
 from lab.experiments.catalog import MODULES, experiment
 from lab.experiments.claims import CLAIMS, RULE, evaluate, verdict
 from lab.experiments.runner import MEASUREMENTS_FILE, STATE_FILE, run_experiment
+from lab.experiments.export import export_experiment
 from lab.experiments.settings import make_settings, record_settings
 from lab.runs import load_run
 from train_fixtures import records, tiny_recipe
@@ -188,7 +189,9 @@ def test_resume_skips_finished_runs_and_continues_an_interrupted_one(table1_dir,
     lines: list[str] = []
     run_tiny("table1", table1_dir, [0, 1], settings, lines)
     skipped = [line for line in lines if line.endswith("done earlier, skipped")]
-    assert len(skipped) == 2 * 7 - 1 and any(line.endswith("aki-pro") for line in lines)
+    # Seed 0 is finished as a whole; of seed 1 every run but aki-pro is.
+    assert "seed 0: measured earlier, skipped" in lines
+    assert len(skipped) == 7 - 1 and any(line.endswith("aki-pro") for line in lines)
     assert [r["from_step"] for r in records(directory / "aki-pro", "resume")] == [1]
     assert [r["step"] for r in records(directory / "aki-pro", "train")] == [1, 2]
     after = json.loads((directory / MEASUREMENTS_FILE).read_text())["values"]
@@ -360,6 +363,24 @@ def test_export_keeps_metrics_meta_and_measurements_only(tmp_path, table1_dir, c
     assert str(table1_dir.resolve()) not in (light / "seed-0" / "aki-pro" / "meta.json").read_text()
     result = claims_module.read_measurements([light], report=lambda line: None)
     assert set(result["table1"]) == {0, 1}
+
+
+def test_an_exported_experiment_copied_back_resumes_with_the_seeds_it_lacks(tmp_path, table1_dir, source,
+                                                                            corpus):
+    import shutil
+
+    light = tmp_path / "light"
+    export_experiment(table1_dir, light)
+    out = tmp_path / "out"
+    shutil.copytree(light, out)
+    shutil.rmtree(out / "seed-1")  # as if only seed 0 had been exported
+    lines: list[str] = []
+    measured = run_tiny("table1", out, [0, 1], tiny("table1", source, corpus, steps=2), lines)
+    assert "seed 0: measured earlier, skipped" in lines
+    assert not any(line.startswith("seed 0,") for line in lines)  # no run of seed 0 touched
+    assert (out / "seed-1" / "aki-pro" / "final").is_dir() and not (out / "seed-0" / "aki-pro" / "final").exists()
+    before = json.loads((table1_dir / "seed-1" / MEASUREMENTS_FILE).read_text())["values"]
+    assert measured[1] == pytest.approx(before, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------- the shipped claims

@@ -61,7 +61,9 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def _debian(package: Package, cache: Path) -> tuple[Path, str]:
     root = cache / f"{package.name}.root"
     stamp = root / ".version"
-    if stamp.is_file():
+    # A cached package of another version (fetched when the index was old) is fetched again: the pinned
+    # version may be there now.
+    if stamp.is_file() and stamp.read_text() == package.version:
         return root, stamp.read_text()
     download = cache / f"{package.name}.download"
     shutil.rmtree(download, ignore_errors=True)
@@ -76,7 +78,8 @@ def _debian(package: Package, cache: Path) -> tuple[Path, str]:
     version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True,
                              check=True).stdout.strip()
     if version != package.version:
-        print(f"warning: {package.name} {version}; the reference build used {package.version}", file=sys.stderr)
+        print(f"warning: {package.name} {version}; the reference build used {package.version} "
+              "(an old package index? run apt-get update as root, then build again)", file=sys.stderr)
     shutil.rmtree(root, ignore_errors=True)
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     stamp.write_text(version)
@@ -87,7 +90,7 @@ def _debian(package: Package, cache: Path) -> tuple[Path, str]:
 def _npm(package: Package, cache: Path) -> tuple[Path, str]:
     root = cache / f"{package.name}.root"
     stamp = root / ".version"
-    if stamp.is_file():
+    if stamp.is_file() and stamp.read_text() == package.version:
         return root / "package", stamp.read_text()
     download = cache / f"{package.name}.download"
     shutil.rmtree(download, ignore_errors=True)

@@ -10,7 +10,7 @@ Layout of an experiment directory OUT:
     OUT/seed-<s>/<run>/               the run: lab.train's run directory, lab.pipeline's, or an evaluation
     OUT/seed-<s>/measurements.json    {"experiment", "seed", "values": {"<run>/<quantity>": number}}
 
-Resume: a run that is done is skipped (its training checkpoints are removed once it is done: its
+Resume: a seed with its measurements.json is finished and skipped; a run that is done is skipped (its training checkpoints are removed once it is done: its
 `final/` weights stay); one that began continues with the training loop's own resume
 (`lab.train.train(resume=True)`, `lab.pipeline.run_pipeline(resume=True)`) from its newest checkpoint;
 a starting checkpoint is made once (growth and upcycling write atomically, so one that exists is whole).
@@ -129,11 +129,23 @@ def drop_training_state(run_dir: Path) -> None:
 
 
 def run_seed(experiment, settings, out: Path, seed: int, *, progress: bool = True, report=print) -> dict:
-    """Every run of one seed (those done before are skipped), then its measurements; returns them."""
+    """Every run of one seed (those done before are skipped), then its measurements; returns them.
+
+    A seed whose measurements.json is there is finished (it is written last, atomically) and is not run
+    again: an exported experiment (lab.experiments.export, no weights) copied back into OUT resumes with
+    the seeds it lacks."""
     directory = seed_dir(out, seed)
     runs = experiment.plan_runs(settings, seed, directory.resolve())
+    state = read_json(directory / STATE_FILE)
+    measured = read_json(directory / MEASUREMENTS_FILE)
+    # An exported seed has measurements and no state; a seed of this directory is finished when its state
+    # says every run is done (a run taken out of the state, by hand, is run again).
+    if measured is not None and isinstance(measured.get("values"), dict) and (
+            state is None or all(run.name in state.get("done", {}) for run in runs)):
+        report(f"seed {seed}: measured earlier, skipped")
+        return measured["values"]
     directory.mkdir(parents=True, exist_ok=True)
-    state = read_json(directory / STATE_FILE) or {"experiment": experiment.NAME, "seed": seed, "done": {}}
+    state = state or {"experiment": experiment.NAME, "seed": seed, "done": {}}
     for i, run in enumerate(runs, 1):
         where = f"seed {seed}, run {i}/{len(runs)} {run.name}"
         if run.name in state["done"]:
