@@ -265,3 +265,11 @@ class DecoderLM(nn.Module):
                 n = n * self.config.top_k // self.config.n_experts
             total += n
         return total
+
+
+def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter of a DecoderLM of config `cfg`, by name (built on the meta device: no
+    memory). What a checkpoint, a growth or an upcycling rule must produce for that config."""
+    with torch.device("meta"):
+        model = DecoderLM(cfg)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}

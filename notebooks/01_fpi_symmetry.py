@@ -33,7 +33,8 @@ import torch
 from IPython.display import display
 
 import lab
-from lab.growth import fpi_in, fpi_out, grow_model, growth_map, growth_maps, plan_growth
+from lab.growth import fpi_in, fpi_out, growth_map, growth_maps, plan_growth
+from lab.derive import grow_model
 from lab.plots.curves import loss_figure
 from lab.plots.matrices import matrices_figure
 from lab.plots.symmetry import copy_similarity_figure, similarity_steps_figure

@@ -37,7 +37,8 @@ from IPython.display import display
 import lab
 from lab.paper import TABLE1_LOSS
 from lab import paths
-from lab.growth import grow_model, half_again_deeper, inserted_copies, layer_order, plan_growth
+from lab.growth import half_again_deeper, inserted_copies, layer_order, plan_growth
+from lab.derive import grow_model
 from lab.plots.curves import loss_figure
 from lab.plots.growth import init_loss_figure, layer_order_figure
 from lab.plots.layers import layer_similarity_figure

@@ -32,7 +32,8 @@ from IPython.display import display
 import lab
 from lab import paths
 from lab.paper import TABLE2_LOSS
-from lab.growth import grouped_map, grow_model, growth_maps, layer_order, plan_growth
+from lab.growth import grouped_map, growth_maps, layer_order, plan_growth
+from lab.derive import grow_model
 from lab.plots.growth import init_loss_figure, layer_order_figure
 from lab.plots.heads import head_groups_figure
 from lab.teach.claims import claims_table, per_seed_table

@@ -43,7 +43,8 @@ from lab.teach.fast import pick, setup_torch
 from lab.teach.loop import as_run, train_steps, val_loss, validation_windows
 from lab.teach.reference import missing_note, reference_group
 from lab.teach.similarity import cosine_matrix, expert_units
-from lab.upcycle import UpcyclePlan, upcycle_model
+from lab.upcycle import UpcyclePlan
+from lab.derive import upcycle_model
 from lab.verify import compare
 
 setup_plotly()

@@ -30,7 +30,8 @@ from IPython.display import display
 
 import lab
 from lab.flops import flops_per_token
-from lab.growth import grow_model, plan_growth
+from lab.growth import plan_growth
+from lab.derive import grow_model
 from lab.plots.curves import loss_figure
 from lab.plots.style import finish, named_color
 from lab.teach.controls import live_figure
@@ -38,7 +39,8 @@ from lab.teach.display import setup_plotly
 from lab.teach.fast import pick, setup_torch
 from lab.teach.loop import as_run, events, train_steps, val_loss
 from lab.teach.reference import missing_note, reference_run
-from lab.upcycle import UpcyclePlan, upcycle_model
+from lab.upcycle import UpcyclePlan
+from lab.derive import upcycle_model
 
 setup_plotly()
 setup_torch()  # seeded; one CPU thread, fastest for models this small (LAB_THREADS to change)

@@ -176,7 +176,7 @@ def test_the_explorer_says_which_choices_coincide():
     notes = " ".join(explorer.choice_notes(same_depth))
     assert "changes nothing" in notes and "AKI-Pro equals AKI" in notes and "with identity depth" in notes
     # What the note says holds: on a source without key-value groups AKI-Pro grows exactly AKI's model.
-    from lab.growth import grow_model
+    from lab.derive import grow_model
 
     source = explorer.build_source(mha, seed=0)
     grown = [grow_model(source, explorer.plan_for(mha, method=m, depth="stack", dim=64, n_layers=3, n_heads=8,

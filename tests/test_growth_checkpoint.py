@@ -11,7 +11,8 @@ from hf_models import tiny_hf_model
 
 import lab
 from lab.checkpoint import read_config
-from lab.growth import grow_checkpoint, grow_model, plan_growth
+from lab.growth import plan_growth
+from lab.derive import grow_checkpoint, grow_model
 
 TOKENS = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(1))
 

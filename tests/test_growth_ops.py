@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lab import DecoderLM, ModelConfig
-from lab.growth import (aki_out, fpi_in, fpi_out, grouped_map, grow_model, grow_state_dict, growth_map,
-                        growth_maps, inserted_copies, layer_order, plan_growth, symmetric_noise)
+from lab.growth import aki_out, fpi_in, fpi_out, grouped_map, growth_map, growth_maps, inserted_copies, layer_order, plan_growth, symmetric_noise
+from lab.derive import grow_model, grow_state_dict
 
 
 def random_model(seed: int = 0, **overrides) -> DecoderLM:

@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 LAB = Path(__file__).resolve().parents[1] / "lab"
-CORE = {"config", "model", "moe", "mlp", "growth", "upcycle", "checkpoint", "data", "train", "flops"}
+CORE = {"config", "model", "moe", "mlp", "growth", "upcycle", "checkpoint", "derive", "data", "train", "flops"}
 APPLICATIONS = {"__main__", "cli", "commands", "dashboard", "teach", "plots", "experiments", "bench", "grading", "pipeline",
                 "notebooks"}
 
@@ -118,9 +118,21 @@ def test_nothing_below_the_applications_imports_one():
 def test_every_top_level_module_is_placed_or_shared():
     # A new top-level module or folder must be placed: core, application, or a shared utility below both.
     shared = {"", "errors", "field_rules", "json_input", "yaml_input", "atomic_files", "interrupts", "resources",
-              "runs", "run_export", "kv_cache", "generate", "distributed", "verify", "sources", "corpus", "paths", "paper"}
+              "runs", "run_export", "kv_cache", "generate", "distributed", "verify", "sources", "corpus", "paths", "paper",
+              "seeding"}
     unplaced = {layer_of(name) for name in import_graph()} - CORE - APPLICATIONS - shared
     assert not unplaced, f"place these in CORE, APPLICATIONS or the shared set: {sorted(unplaced)}"
+
+
+def test_the_operators_rules_know_nothing_of_files_or_of_each_other():
+    """growth/ and upcycle/ are rules over tensors: lab.derive runs them on checkpoints or models. The one
+    edge to checkpoint/ is upcycle's check, before any work, that a Hugging Face format can hold its
+    output (a sliding window fits only Mixtral)."""
+    graph = import_graph()
+    edges = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                   if layer_of(a) in ("growth", "upcycle") and layer_of(b) in ("growth", "upcycle", "checkpoint", "derive")
+                   and layer_of(b) != layer_of(a))
+    assert edges == ["lab.upcycle.plan -> lab.checkpoint.hf_config"]
 
 
 def test_the_checks_catch_a_violation(tmp_path):

@@ -16,7 +16,8 @@ import torch
 import lab
 from lab.flops import savings
 from lab.paper import TABLE6, TABLE6_SCRATCH
-from lab.growth import grow_model, growth_maps, plan_growth
+from lab.growth import growth_maps, plan_growth
+from lab.derive import grow_model
 from lab.notebooks import build, execute, notebook_sources, read_notebook
 from lab.teach.fast import fast_mode, pick, progress_enabled
 from lab.teach.heads import global_head_map, groups_after_growth, permute_q_heads

@@ -15,7 +15,8 @@ import lab
 from lab import DecoderLM, ModelConfig
 from lab.checkpoint import CheckpointSource
 from lab.moe import route
-from lab.upcycle import UpcyclePlan, router_weight, upcycle_checkpoint, upcycle_model
+from lab.upcycle import UpcyclePlan, router_weight
+from lab.derive import upcycle_checkpoint, upcycle_model
 from lab.upcycle.drop import n_dropped
 
 
@@ -196,9 +197,11 @@ def test_in_memory_upcycle_leaves_the_source_alone():
 def test_upcycling_a_bf16_model_says_bf16_in_its_config():
     # The config says what the weights are, as growth's does: a float32 config on bf16 weights was a drift.
     from lab.config import ModelConfig
-    from lab.growth import grow_model, plan_growth
+    from lab.growth import plan_growth
+    from lab.derive import grow_model
     from lab.model import DecoderLM
-    from lab.upcycle import UpcyclePlan, upcycle_model
+    from lab.upcycle import UpcyclePlan
+    from lab.derive import upcycle_model
 
     cfg = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, ffn_dim=64)
     dense = DecoderLM(cfg).to(torch.bfloat16)

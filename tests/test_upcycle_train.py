@@ -13,7 +13,8 @@ import lab
 from lab import DecoderLM, ModelConfig
 from lab.data import DATA_DIR
 from lab.train import load_recipe, train
-from lab.upcycle import UpcyclePlan, upcycle_checkpoint
+from lab.upcycle import UpcyclePlan
+from lab.derive import upcycle_checkpoint
 
 E, K = 4, 2
 pytestmark = pytest.mark.slow  # about 10 s: the shipped corpus is tokenised once for the run

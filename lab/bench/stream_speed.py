@@ -38,8 +38,10 @@ def peak_rss():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 from lab.checkpoint import read_config
-from lab.growth import grow_checkpoint, plan_growth
-from lab.upcycle import UpcyclePlan, upcycle_checkpoint
+from lab.growth import plan_growth
+from lab.derive import grow_checkpoint
+from lab.upcycle import UpcyclePlan
+from lab.derive import upcycle_checkpoint
 op, src, out, request, threads = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
 if op == "grow":
@@ -62,7 +64,7 @@ OPERATIONS = ("grow", "upcycle")
 def write_random_source(path: Path, sizes: dict, seed: int = 0) -> int:
     """A random checkpoint of `sizes` (lab config fields), written tensor by tensor; returns its parameters."""
     from lab.checkpoint import write_lab_checkpoint
-    from lab.checkpoint.streaming import parameter_shapes
+    from lab.model import parameter_shapes
     from lab.config import ModelConfig
 
     cfg = ModelConfig(**sizes)

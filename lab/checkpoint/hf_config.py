@@ -177,6 +177,23 @@ def hf_model_type(cfg: ModelConfig) -> str:
     return model_type
 
 
+def why_model_type(cfg: ModelConfig) -> str:
+    """`hf_model_type`'s choice for an MoE config put into words (for a command to print)."""
+    model_type = hf_model_type(cfg)
+    if model_type == "mixtral":
+        return "every layer is MoE, no q/k/v bias, topk_softmax routing"
+    reasons = []
+    if cfg.qkv_bias:
+        reasons.append("the source has q/k/v bias")
+    if cfg.routing != "topk_softmax":
+        reasons.append(f"{cfg.routing} routing needs norm_topk_prob=false")
+    if cfg.n_moe_layers != cfg.n_layers:
+        reasons.append(f"only layers {list(cfg.moe_layers)} are MoE")
+    if cfg.shared_expert_ffn_dim:
+        reasons.append("it has a shared expert")
+    return "; ".join(reasons)
+
+
 def config_to_hf(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
     """The config.json dict of `cfg` saved as `model_type` (as returned by `hf_model_type`)."""
     d: dict[str, Any] = {

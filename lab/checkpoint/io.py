@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import uuid
-import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -21,9 +20,8 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from lab.checkpoint.hf_config import config_from_hf
-from lab.checkpoint.hf_names import filler_tensors, tensor_maps
 from lab.checkpoint.safetensors_stream import TensorEntry, write_safetensors
-from lab.config import ModelConfig, dtype_name
+from lab.config import ModelConfig
 from lab.errors import CheckpointError, quoted
 from lab.json_input import read_json
 
@@ -141,47 +139,6 @@ def read_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (not a Hugging Face checkpoint directory)")
     return config_from_hf(read_json(config_file, error=CheckpointError), str(config_file))
-
-
-def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
-                    device: torch.device | str = "cpu", moe_dispatch: str | None = None):
-    """The lab's model for a Hugging Face checkpoint directory (llama, mistral, qwen2, mixtral, qwen2_moe).
-
-    The weights keep the checkpoint's dtype unless `dtype` is given. The model is built on the meta
-    device and its parameters are the tensors read from disk, so memory holds one copy of the weights.
-    """
-    from lab.model import DecoderLM
-
-    path = Path(path)
-    cfg, model_type = read_config(path)
-    with SafetensorsReader(path) as reader:
-        stored = reader.dtype("model.embed_tokens.weight")
-        target = dtype_name(dtype) if dtype is not None else stored
-        changes = {"dtype": target}
-        if moe_dispatch is not None:
-            changes["moe_dispatch"] = moe_dispatch
-        cfg = cfg.replace(**changes)
-        with torch.device("meta"):
-            model = DecoderLM(cfg)
-        expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
-        state = {}
-        for tmap in tensor_maps(cfg, model_type):
-            shape = expected[tmap.lab][1:] if tmap.stacked else expected[tmap.lab]
-            tensors = [reader.get(key, shape) for key in tmap.hf]
-            tensor = torch.stack(tensors) if tmap.stacked else tensors[0]
-            state[tmap.lab] = tensor.to(device=device, dtype=getattr(torch, target))
-        known = {key for tmap in tensor_maps(cfg, model_type) for key in tmap.hf}
-        known |= set(filler_tensors(cfg, model_type)) | {"lm_head.weight"}
-        unused = [key for key in reader.weight_map if key not in known and not _ignorable(key)]
-    if unused:
-        warnings.warn(f"{path}: {len(unused)} tensor(s) not used by the model, e.g. {unused[0]!r}")
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
-
-
-def _ignorable(key: str) -> bool:
-    # Qwen2-MoE keeps an (empty) shared expert even when the config says it has none.
-    return ".shared_expert" in key or key.endswith("rotary_emb.inv_freq")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",

@@ -1,15 +1,16 @@
-"""Checkpoint-to-checkpoint transforms that stream: read one source tensor, make one output tensor, write it.
+"""Checkpoints under the lab's parameter names: one tensor source and one writer for everything.
 
-Growth and upcycling both turn one Hugging Face directory into another whose shapes follow from a
-target config. `CheckpointSource` gives the source's tensors under the lab's parameter names, one at a
-time; `write_lab_checkpoint` writes a target config's tensors, each made by a callback only when its
-turn comes. Peak memory is then a few tensors, never a model. `save_pretrained` writes an in-memory
-model through the same tensor naming (`lab_entries`) and writer.
+`CheckpointSource` gives a Hugging Face directory's tensors under the lab's parameter names, one at a
+time; `write_lab_checkpoint` writes a config's tensors, each made by a callback only when its turn
+comes, so peak memory is a few tensors, never a model. `load_pretrained` is the source read into a
+model; `save_pretrained` is a model's state written by the writer; growth and upcycling
+(`lab.derive`) stream from the one into the other.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -20,19 +21,11 @@ from lab.checkpoint.hf_names import filler_tensors, tensor_maps
 from lab.checkpoint.io import SafetensorsReader, check_output_dir, read_config, tokenizer_files, write_checkpoint
 from lab.checkpoint.safetensors_stream import TensorEntry
 from lab.config import ModelConfig, dtype_name
+from lab.model import parameter_shapes
 
 # make(name, expert) -> tensor: `name` is a lab parameter name; `expert` is the expert index for the
 # stacked (E, ...) expert weights, whose experts are written as separate checkpoint tensors, else None.
 MakeTensor = Callable[[str, "int | None"], torch.Tensor]
-
-
-def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The shape of every parameter of a lab model of config `cfg` (built on the meta device: no memory)."""
-    from lab.model import DecoderLM
-
-    with torch.device("meta"):
-        model = DecoderLM(cfg)
-    return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
 class CheckpointSource:
@@ -47,10 +40,14 @@ class CheckpointSource:
         self.path = Path(path)
         self.config, self.model_type = read_config(self.path)
         self._reader = SafetensorsReader(self.path)
-        self.dtype: torch.dtype = getattr(torch, self._reader.dtype("model.embed_tokens.weight"))
-        self.config = self.config.replace(dtype=dtype_name(self.dtype))
-        self.shapes = parameter_shapes(self.config)
-        self._maps = {m.lab: m for m in tensor_maps(self.config, self.model_type)}
+        try:
+            self.dtype: torch.dtype = getattr(torch, self._reader.dtype("model.embed_tokens.weight"))
+            self.config = self.config.replace(dtype=dtype_name(self.dtype))
+            self.shapes = parameter_shapes(self.config)
+            self._maps = {m.lab: m for m in tensor_maps(self.config, self.model_type)}
+        except BaseException:
+            self.close()  # the files stay open otherwise, until the garbage collector finds them
+            raise
 
     def __enter__(self) -> "CheckpointSource":
         return self
@@ -64,6 +61,12 @@ class CheckpointSource:
     def tokenizer_files(self) -> list[Path]:
         return tokenizer_files(self.path)
 
+    def unused_keys(self) -> list[str]:
+        """The checkpoint's tensors the lab's model does not read (a warning's matter, not an error)."""
+        known = {key for tmap in self._maps.values() for key in tmap.hf}
+        known |= set(filler_tensors(self.config, self.model_type)) | {"lm_head.weight"}
+        return [key for key in self._reader.weight_map if key not in known and not _ignorable(key)]
+
     def tensor(self, name: str, expert: int | None = None) -> torch.Tensor:
         if name == "lm_head.weight" and self.config.tie_embeddings:
             name = "tok_embeddings.weight"
@@ -75,6 +78,36 @@ class CheckpointSource:
         if expert is not None:
             return self._reader.get(tmap.hf[expert], shape[1:])
         return torch.stack([self._reader.get(key, shape[1:]) for key in tmap.hf])
+
+
+def _ignorable(key: str) -> bool:
+    # Qwen2-MoE keeps an (empty) shared expert even when the config says it has none.
+    return ".shared_expert" in key or key.endswith("rotary_emb.inv_freq")
+
+
+def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
+                    device: torch.device | str = "cpu", moe_dispatch: str | None = None):
+    """The lab's model for a Hugging Face checkpoint directory (llama, mistral, qwen2, mixtral, qwen2_moe).
+
+    The weights keep the checkpoint's dtype unless `dtype` is given. The model is built on the meta
+    device and its parameters are the tensors read from disk, so memory holds one copy of the weights.
+    """
+    from lab.model import DecoderLM
+
+    with CheckpointSource(path) as source:
+        changes = {"dtype": dtype_name(dtype) if dtype is not None else source.config.dtype}
+        if moe_dispatch is not None:
+            changes["moe_dispatch"] = moe_dispatch
+        cfg = source.config.replace(**changes)
+        target = getattr(torch, cfg.dtype)
+        state = {name: source.tensor(name).to(device=device, dtype=target) for name in source.shapes}
+        unused = source.unused_keys()
+    if unused:
+        warnings.warn(f"{path}: {len(unused)} tensor(s) not used by the model, e.g. {unused[0]!r}")
+    with torch.device("meta"):
+        model = DecoderLM(cfg)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
 
 
 def lab_entries(cfg: ModelConfig, model_type: str, make: MakeTensor, dtype: torch.dtype) -> list[TensorEntry]:

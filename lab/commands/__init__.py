@@ -96,7 +96,7 @@ def check_output_resources(args: argparse.Namespace, target, model_type: str) ->
     if args.no_resource_check:
         return
     from lab.checkpoint.hf_names import tensor_maps
-    from lab.checkpoint.streaming import parameter_shapes
+    from lab.model import parameter_shapes
     from lab.resources import check_disk, check_memory
 
     itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[target.dtype]

@@ -29,7 +29,8 @@ def _order(plan) -> str:
 def run(args: argparse.Namespace) -> None:
     from lab.checkpoint import read_config
     from lab.checkpoint.io import check_output_dir
-    from lab.growth import grow_checkpoint, plan_growth
+    from lab.growth import plan_growth
+    from lab.derive import grow_checkpoint
 
     check_output_dir(args.out, args.force, inputs=(args.src,))
     check_verify_request(args)

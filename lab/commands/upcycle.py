@@ -27,7 +27,9 @@ def _plan(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> None:
     from lab.checkpoint import read_config
     from lab.checkpoint.io import check_output_dir
-    from lab.upcycle import output_model_type, upcycle_checkpoint, upcycle_config
+    from lab.checkpoint.hf_config import hf_model_type, why_model_type
+    from lab.derive import upcycle_checkpoint
+    from lab.upcycle import upcycle_config
     from lab.upcycle.granularity import expert_scale
 
     plan = _plan(args)
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> None:
     check_verify_request(args)
     source, source_type = read_config(args.src)
     target = upcycle_config(source, plan)  # every check, before any work
-    model_type, why = output_model_type(target)
+    model_type, why = hf_model_type(target), why_model_type(target)
     check_output_resources(args, target, model_type)
     scale = expert_scale(plan.routing, plan.n_experts, plan.granularity, plan.top_k) if plan.weight_scaling else 1.0
     layers = "all" if target.n_moe_layers == target.n_layers else str(list(target.moe_layers))

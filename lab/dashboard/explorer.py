@@ -27,7 +27,8 @@ import torch
 
 from lab.config import ModelConfig
 from lab.errors import LabError
-from lab.growth import GrowthPlan, grow_model, plan_growth
+from lab.growth import GrowthPlan, plan_growth
+from lab.derive import grow_model
 from lab.model import DecoderLM
 from lab.verify import compare
 
@@ -191,7 +192,8 @@ def domain_expert_load(model: DecoderLM, windows: dict[str, torch.Tensor]) -> di
 def upcycled_demo_model(source: DecoderLM, *, n_experts: int = 8, top_k: int = 2, routing: str = "topk_softmax",
                         seed: int = 0) -> DecoderLM:
     """Sparse upcycling of `source` (experts = copies of its MLP, routers ~ N(0, 0.02), seeded)."""
-    from lab.upcycle import UpcyclePlan, upcycle_model
+    from lab.upcycle import UpcyclePlan
+    from lab.derive import upcycle_model
 
     if not 2 <= n_experts <= 16 or not 1 <= top_k <= n_experts:
         raise LabError(f"experts must be in [2, 16] and top_k in [1, experts], got {n_experts} and {top_k}")

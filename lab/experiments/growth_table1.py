@@ -108,7 +108,8 @@ def run(out: Path, *, source: Path | None = None, recipe: Path = DEFAULT_RECIPE,
         seed: int = 0, report=print) -> list[Row]:
     """Train (or take) the source, grow it six ways, evaluate, continue training each for `steps` steps."""
     from lab.checkpoint import read_config
-    from lab.growth import grow_checkpoint, half_again_deeper, plan_growth
+    from lab.growth import half_again_deeper, plan_growth
+    from lab.derive import grow_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     if source is None:

@@ -95,7 +95,8 @@ def growth_runs(work: Path, out: Path, source_run: Path, steps: int, report=prin
     from lab.checkpoint import read_config
     from lab.experiments.growth_table1 import random_init, rows_to_grow
     from lab.growth import half_again_deeper
-    from lab.growth import grow_checkpoint, plan_growth
+    from lab.growth import plan_growth
+    from lab.derive import grow_checkpoint
     from lab.train import train
 
     source = source_run / "final"
@@ -132,7 +133,8 @@ def growth_runs(work: Path, out: Path, source_run: Path, steps: int, report=prin
 def routing_runs(work: Path, out: Path, source_run: Path, steps: int, report=print) -> None:
     """Upcycle the source five ways and continue each as an MoE for `steps` steps."""
     from lab.train import train
-    from lab.upcycle import UpcyclePlan, upcycle_checkpoint
+    from lab.upcycle import UpcyclePlan
+    from lab.derive import upcycle_checkpoint
 
     source = source_run / "final"
     for variant, (options, what) in ROUTING_VARIANTS.items():

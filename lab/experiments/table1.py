@@ -65,7 +65,8 @@ def growth_requests(settings: Settings, cfg) -> list[tuple[str, dict]]:
 
 def plan_runs(settings: Settings, seed: int, directory: Path) -> list:
     from lab.checkpoint import read_config
-    from lab.growth import grow_checkpoint, plan_growth
+    from lab.growth import plan_growth
+    from lab.derive import grow_checkpoint
 
     source = settings.path("source")
     cfg, _ = read_config(source)

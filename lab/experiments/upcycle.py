@@ -87,7 +87,8 @@ def dense_steps(settings: Settings, cfg, moe_cfg) -> int:
 
 def plan_runs(settings: Settings, seed: int, directory: Path) -> list:
     from lab.checkpoint import read_config
-    from lab.upcycle import upcycle_checkpoint, upcycle_config
+    from lab.upcycle import upcycle_config
+    from lab.derive import upcycle_checkpoint
 
     source = settings.path("source")
     cfg, _ = read_config(source)

@@ -6,7 +6,9 @@
 - `noise`: symmetric noise, function-preserving and symmetry-breaking;
 - `plan`: the options (`GrowthPlan`), the target config and the checks made before any work;
 - `transform`: every output tensor from the source tensors it needs;
-- `stream`: the checkpoint-to-checkpoint transform, tensor by tensor, and the in-memory one.
+
+The rules know nothing of files: `lab.derive` runs them checkpoint to checkpoint, tensor by tensor
+(`grow_checkpoint`), or in memory (`grow_model`).
 
 AKI-Pro (the paper's method) = AKI width + interpolation depth + the GQA rule (kv groups kept, q heads
 grow inside each group).
@@ -16,10 +18,9 @@ from lab.growth.depth import DEPTH_KINDS, inserted_copies, layer_order
 from lab.growth.maps import MAP_KINDS, GrowthMap, grouped_map, growth_map
 from lab.growth.noise import symmetric_noise
 from lab.growth.plan import METHODS, GrowthPlan, half_again_deeper, plan_growth
-from lab.growth.stream import grow_checkpoint, grow_model, grow_state_dict
 from lab.growth.transform import GrowthTensors, growth_maps
 from lab.growth.width import aki_out, fpi_in, fpi_out
 
 __all__ = ["DEPTH_KINDS", "GrowthMap", "GrowthPlan", "GrowthTensors", "MAP_KINDS", "METHODS", "aki_out", "fpi_in",
-           "fpi_out", "grouped_map", "grow_checkpoint", "grow_model", "grow_state_dict", "growth_map",
+           "fpi_out", "grouped_map", "growth_map",
            "growth_maps", "half_again_deeper", "inserted_copies", "layer_order", "plan_growth", "symmetric_noise"]

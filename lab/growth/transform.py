@@ -33,13 +33,13 @@ from typing import Callable
 
 import torch
 
-from lab.checkpoint.streaming import parameter_shapes
 from lab.growth.depth import RESIDUAL_WRITERS, inserted_copies, layer_order
 from lab.growth.maps import GrowthMap, growth_map, grouped_map
 from lab.growth.noise import symmetric_noise
 from lab.growth.plan import GrowthPlan
 from lab.growth.width import aki_out, fpi_in, fpi_out
-from lab.upcycle.sparse import seeded_generator
+from lab.model import parameter_shapes
+from lab.seeding import seeded_generator
 
 # Per tensor: (dimension, unit, how) for each grown dimension. "out" may be AKI, "copy" is always FPI.
 RULES: dict[str, tuple[tuple[int, str, str], ...]] = {

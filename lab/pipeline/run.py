@@ -86,8 +86,8 @@ def _meta(pipeline: Pipeline, state: dict, out: Path | None = None) -> dict:
 
 def _source_model(out: Path, stage, init_dir: Path, source: Path) -> Path:
     """The checkpoint a stage trains from: the previous final model grown or upcycled, made once."""
-    from lab.growth import grow_checkpoint
-    from lab.upcycle import upcycle_checkpoint
+    from lab.derive import grow_checkpoint
+    from lab.derive import upcycle_checkpoint
 
     if (init_dir / "config.json").is_file():
         return init_dir  # made by an earlier attempt (written atomically, so complete)

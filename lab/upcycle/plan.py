@@ -116,21 +116,3 @@ def upcycle_config(source: ModelConfig, plan: UpcyclePlan) -> ModelConfig:
         raise LabError(str(e)) from None
     hf_model_type(target)  # raises CheckpointError (a LabError) when no format fits
     return target
-
-
-def output_model_type(target: ModelConfig) -> tuple[str, str]:
-    """The Hugging Face model type an upcycled config is written as, and why (for the command to print).
-
-    The decision is `hf_model_type`'s; this only puts its reasons into words.
-    """
-    model_type = hf_model_type(target)
-    if model_type == "mixtral":
-        return model_type, "every layer is MoE, no q/k/v bias, topk_softmax routing"
-    reasons = []
-    if target.qkv_bias:
-        reasons.append("the source has q/k/v bias")
-    if target.routing != "topk_softmax":
-        reasons.append(f"{target.routing} routing needs norm_topk_prob=false")
-    if target.n_moe_layers != target.n_layers:
-        reasons.append(f"only layers {list(target.moe_layers)} are MoE")
-    return model_type, "; ".join(reasons)

@@ -14,23 +14,17 @@ purpose), so a tensor's value does not depend on the order in which tensors are 
 
 from __future__ import annotations
 
-import hashlib
 from typing import Callable
 
 import torch
 
 from lab.config import ModelConfig
+from lab.seeding import seeded_generator
 from lab.upcycle.drop import dropped_units, reinit_units
 from lab.upcycle.granularity import expert_scale, expert_slice, group_rows
 from lab.upcycle.plan import UpcyclePlan
 
 DENSE_NAMES = {"w_gate": "gate_proj", "w_up": "up_proj", "w_down": "down_proj"}
-
-
-def seeded_generator(seed: int, *keys: object) -> torch.Generator:
-    """A CPU generator whose state depends only on `seed` and `keys` (stable across runs and processes)."""
-    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def router_weight(plan: UpcyclePlan, layer: int, dim: int) -> torch.Tensor:

@@ -130,7 +130,7 @@ def imbalance(load: torch.Tensor) -> torch.Tensor:
 
 # %% [markdown]
 # ## Experiments (not graded)
-# Upcycle a tiny trained model with the lab (`lab.upcycle.upcycle_model`, 8 experts, top-2), check that
+# Upcycle a tiny trained model with the lab (`lab.derive.upcycle_model`, 8 experts, top-2), check that
 # it computes the dense model's logits, train it a few steps with and without the load-balancing loss,
 # and compare the expert load of each layer. Which experts take most tokens right after upcycling, and
 # why is the load not uniform even though the experts are identical?
@@ -138,7 +138,8 @@ def imbalance(load: torch.Tensor) -> torch.Tensor:
 # %%
 if __name__ == "__main__":
     from lab.config import ModelConfig
-    from lab.upcycle import UpcyclePlan, upcycle_model
+    from lab.upcycle import UpcyclePlan
+    from lab.derive import upcycle_model
 
     torch.manual_seed(0)
     dense = DecoderLM(ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128)).eval()

@@ -183,7 +183,8 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    from lab.growth import grow_model, plan_growth
+    from lab.growth import plan_growth
+    from lab.derive import grow_model
     from lab.model import DecoderLM
 
     small = DecoderLM(ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128)).eval()

@@ -11,7 +11,7 @@ from lab.model import Attention, rope_inv_freq, rope_tables
 from lab.config import ModelConfig
 
 # The lab's own growth operators are the answers: the student's process cannot import them.
-OFF_LIMITS = ["lab.growth"]
+OFF_LIMITS = ["lab.growth", "lab.derive"]
 
 
 def as_map(g: list[int], old: int) -> GrowthMap:

@@ -12,7 +12,7 @@ from lab.model import DecoderLM
 RESIDUAL_WRITERS = ("attn.o_proj.weight", "mlp.down_proj.weight")
 
 # The lab's depth growth is the answer: the student's process cannot import it.
-OFF_LIMITS = ["lab.growth"]
+OFF_LIMITS = ["lab.growth", "lab.derive"]
 # train_steps uses torch's AdamW, whose first step imports torch._dynamo (seconds): the student's process
 # imports it while the first questions run.
 PRELOAD = ["torch._dynamo"]

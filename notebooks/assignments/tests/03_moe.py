@@ -7,11 +7,12 @@ from lab.config import ModelConfig
 from lab.grading import check_close, question
 from lab.mlp import MLP
 from lab.model import DecoderLM
-from lab.upcycle import UpcyclePlan, upcycle_model
+from lab.upcycle import UpcyclePlan
+from lab.derive import upcycle_model
 
 # The lab's router, losses, experts and upcycling are the answers: the student's process cannot import
 # them. lab.model still builds its MoE layers from lab.moe, which keeps them under private names.
-OFF_LIMITS = ["lab.growth", "lab.upcycle", "lab.moe.route", "lab.moe.load_balancing_loss", "lab.moe.router_z_loss",
+OFF_LIMITS = ["lab.growth", "lab.upcycle", "lab.derive", "lab.moe.route", "lab.moe.load_balancing_loss", "lab.moe.router_z_loss",
               "lab.moe.reference_experts", "lab.moe.grouped_experts"]
 
 

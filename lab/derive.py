@@ -1,0 +1,149 @@
+"""Derive one model from another by a per-tensor rule: Scale-Up (growth) and Scale-Out (upcycling), between
+checkpoint directories or in memory, with the same rule either way.
+
+A rule is a callable `make(name, expert)` that returns any tensor of the derived model by its lab name,
+reading the source's tensors by name as it needs them (`lab.growth.GrowthTensors`,
+`lab.upcycle.UpcycleTensors`); the rules know nothing of files. This module gives them their two
+transports:
+
+- streaming (`derive_checkpoint`): the source is read one tensor at a time (`CheckpointSource`) and the
+  output written as its tensors are made (`write_lab_checkpoint`, to a temporary sibling renamed at the
+  end). The output's shapes follow from the target config, so the whole layout is known before anything
+  is made; peak memory stays near a few tensors, never a model. The output keeps the source's dtype and
+  tokenizer files;
+- in memory (`derive_model`): every tensor of the target is made from a model's state dict, into a new
+  DecoderLM of the source's dtype and device. Nothing shares storage with the source (a copied tensor
+  would otherwise be changed by training the source, or tie two layers of the derived model).
+
+The dtype is decided once, here: the source's, whatever its config says.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lab.checkpoint.hf_config import hf_model_type
+from lab.checkpoint.io import check_output_dir
+from lab.checkpoint.streaming import CheckpointSource, MakeTensor, write_lab_checkpoint
+from lab.config import ModelConfig, dtype_name
+from lab.errors import LabError
+from lab.growth.plan import GrowthPlan
+from lab.growth.transform import GrowthTensors
+from lab.model import parameter_shapes
+from lab.upcycle.plan import UpcyclePlan, upcycle_config
+from lab.upcycle.sparse import UpcycleTensors
+
+# rule(source config, read) -> (target config, make): how a derivation is described to both transports.
+Rule = Callable[[ModelConfig, Callable[[str], torch.Tensor]], tuple[ModelConfig, MakeTensor]]
+
+_SHAPE_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "qkv_bias",
+                 "tie_embeddings", "n_experts")
+
+
+def derive_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathLike, rule: Rule, *,
+                      keep_model_type: bool = False, overwrite: bool = False, max_shard_size: int | str = "5GB",
+                      progress: str | None = None) -> Path:
+    """Write the model `rule` derives from the checkpoint `source_dir` to `output_dir`, tensor by tensor.
+
+    The model type is the source's with `keep_model_type` (growth: qwen2 stays qwen2, llama stays llama),
+    else the one the target config needs (`hf_model_type`: upcycling writes mixtral or qwen2_moe). An
+    existing `output_dir` is refused unless `overwrite`, before any work.
+    """
+    check_output_dir(output_dir, overwrite, inputs=(source_dir,))
+    with CheckpointSource(source_dir) as source:
+        target, make = rule(source.config, source.tensor)
+        target = target.replace(dtype=source.config.dtype)
+        model_type = source.model_type if keep_model_type else hf_model_type(target)
+        return write_lab_checkpoint(output_dir, target, make, model_type=model_type,
+                                    extra_files=source.tokenizer_files(), max_shard_size=max_shard_size,
+                                    overwrite=overwrite, progress=progress)
+
+
+def derive_state_dict(state: dict[str, torch.Tensor], rule: Rule, source: ModelConfig
+                      ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The derived config (in the state's dtype) and parameters (lab names, the state's dtype and device,
+    every tensor new) from a source state dict."""
+    def read(name: str) -> torch.Tensor:
+        if name == "lm_head.weight" and name not in state:
+            return state["tok_embeddings.weight"]  # a tied source: the LM head is the embedding
+        return state[name]
+
+    target, make = rule(source, read)
+    reference = next(iter(state.values()))
+    target = target.replace(dtype=dtype_name(reference.dtype))
+    return target, {name: make(name, None).to(dtype=reference.dtype, device=reference.device, copy=True)
+                    for name in parameter_shapes(target)}
+
+
+@torch.no_grad()
+def derive_model(model, rule: Rule):
+    """The DecoderLM `rule` derives from a lab model (a new model in training mode if the source was;
+    the source is untouched)."""
+    from lab.model import DecoderLM
+
+    target, state = derive_state_dict(model.state_dict(), rule, model.config)
+    with torch.device("meta"):
+        derived = DecoderLM(target)
+    derived.load_state_dict(state, strict=True, assign=True)
+    return derived.train(model.training)
+
+
+# ---------------------------------------------------------------------------- Scale-Up
+def growth_rule(plan: GrowthPlan, where: str = "the model") -> Rule:
+    """Growth by `plan` (lab.growth): the plan must have been made from this source's config (`where`
+    names the source in the error that says it was not)."""
+    def rule(source: ModelConfig, read) -> tuple[ModelConfig, MakeTensor]:
+        mismatch = [f for f in _SHAPE_FIELDS if getattr(source, f) != getattr(plan.source, f)]
+        if mismatch:
+            raise LabError(f"{where}: the plan was made for another source ({mismatch[0]} "
+                           f"{getattr(plan.source, mismatch[0])} != {getattr(source, mismatch[0])})")
+        return plan.target, GrowthTensors(plan, read)
+
+    return rule
+
+
+def grow_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathLike, plan: GrowthPlan, *,
+                    overwrite: bool = False, max_shard_size: int | str = "5GB",
+                    progress: str | None = None) -> Path:
+    """Write the grown model of the checkpoint `source_dir` to `output_dir` (same model type, dtype and
+    tokenizer files as the source); `plan` must have been made from this source's config (`plan_growth`)."""
+    return derive_checkpoint(source_dir, output_dir, growth_rule(plan, str(source_dir)), keep_model_type=True,
+                             overwrite=overwrite, max_shard_size=max_shard_size, progress=progress)
+
+
+def grow_state_dict(state: dict[str, torch.Tensor], plan: GrowthPlan) -> dict[str, torch.Tensor]:
+    """The grown model's parameters from a source state dict (lab names), same dtype and device."""
+    return derive_state_dict(state, growth_rule(plan), plan.source)[1]
+
+
+def grow_model(model, plan: GrowthPlan):
+    """The grown DecoderLM of a lab model (a new model; the source is untouched)."""
+    return derive_model(model, growth_rule(plan))
+
+
+# ---------------------------------------------------------------------------- Scale-Out
+def upcycle_rule(plan: UpcyclePlan) -> Rule:
+    """Sparse upcycling by `plan` (lab.upcycle), checked against the source (`upcycle_config`)."""
+    def rule(source: ModelConfig, read) -> tuple[ModelConfig, MakeTensor]:
+        target = upcycle_config(source, plan)
+        return target, UpcycleTensors(plan, source, target, read)
+
+    return rule
+
+
+def upcycle_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathLike, plan: UpcyclePlan, *,
+                       overwrite: bool = False, max_shard_size: int | str = "5GB",
+                       progress: str | None = None) -> Path:
+    """Write the upcycled MoE of the dense checkpoint `source_dir` to `output_dir` (mixtral or qwen2_moe,
+    as `hf_model_type` decides), with the source's dtype and tokenizer files."""
+    return derive_checkpoint(source_dir, output_dir, upcycle_rule(plan), overwrite=overwrite,
+                             max_shard_size=max_shard_size, progress=progress)
+
+
+def upcycle_model(model, plan: UpcyclePlan):
+    """The upcycled MoE of a dense lab model (a new DecoderLM, same dtype and device; the source is untouched)."""
+    return derive_model(model, upcycle_rule(plan))
