@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import shlex
 import sys
 
 import lab.commands
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                 args = build_parser().parse_args(argv)
             except SystemExit as e:  # --help (0) or a usage mistake (2, its error line already printed)
                 return e.code if isinstance(e.code, int) else 2
+            # The command as the user would type it, for what records it (model cards).
+            args.command_line = shlex.join(["python", "-m", "lab", *(sys.argv[1:] if argv is None else argv)])
             args.func(args)
         except LabError as e:
             print(f"error: {one_line(e)}", file=sys.stderr)

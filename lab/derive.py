@@ -28,6 +28,7 @@ import torch
 
 from lab.checkpoint.hf_config import hf_model_type
 from lab.checkpoint.io import check_output_dir
+from lab.checkpoint.model_card import model_card, plan_details
 from lab.checkpoint.streaming import CheckpointSource, MakeTensor, write_lab_checkpoint
 from lab.config import ModelConfig, dtype_name
 from lab.errors import LabError
@@ -45,22 +46,24 @@ _SHAPE_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head
 
 
 def derive_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathLike, rule: Rule, *,
-                      keep_model_type: bool = False, overwrite: bool = False, max_shard_size: int | str = "5GB",
-                      progress: str | None = None) -> Path:
+                      card: dict, keep_model_type: bool = False, overwrite: bool = False,
+                      max_shard_size: int | str = "5GB", progress: str | None = None) -> Path:
     """Write the model `rule` derives from the checkpoint `source_dir` to `output_dir`, tensor by tensor.
 
     The model type is the source's with `keep_model_type` (growth: qwen2 stays qwen2, llama stays llama),
-    else the one the target config needs (`hf_model_type`: upcycling writes mixtral or qwen2_moe). An
-    existing `output_dir` is refused unless `overwrite`, before any work.
+    else the one the target config needs (`hf_model_type`: upcycling writes mixtral or qwen2_moe). `card`
+    holds the model card's title, summary, tags, details and command (`lab.checkpoint.model_card`); its
+    base model is `source_dir`. An existing `output_dir` is refused unless `overwrite`, before any work.
     """
     check_output_dir(output_dir, overwrite, inputs=(source_dir,))
     with CheckpointSource(source_dir) as source:
         target, make = rule(source.config, source.tensor)
         target = target.replace(dtype=source.config.dtype)
         model_type = source.model_type if keep_model_type else hf_model_type(target)
+        readme = model_card(cfg=target, model_type=model_type, base_model=str(source_dir), **card)
         return write_lab_checkpoint(output_dir, target, make, model_type=model_type,
                                     extra_files=source.tokenizer_files(), max_shard_size=max_shard_size,
-                                    overwrite=overwrite, progress=progress)
+                                    overwrite=overwrite, progress=progress, readme=readme)
 
 
 def derive_state_dict(state: dict[str, torch.Tensor], rule: Rule, source: ModelConfig
@@ -108,11 +111,19 @@ def growth_rule(plan: GrowthPlan, where: str = "the model") -> Rule:
 
 def grow_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathLike, plan: GrowthPlan, *,
                     overwrite: bool = False, max_shard_size: int | str = "5GB",
-                    progress: str | None = None) -> Path:
+                    progress: str | None = None, command: str | None = None) -> Path:
     """Write the grown model of the checkpoint `source_dir` to `output_dir` (same model type, dtype and
-    tokenizer files as the source); `plan` must have been made from this source's config (`plan_growth`)."""
-    return derive_checkpoint(source_dir, output_dir, growth_rule(plan, str(source_dir)), keep_model_type=True,
-                             overwrite=overwrite, max_shard_size=max_shard_size, progress=progress)
+    tokenizer files as the source); `plan` must have been made from this source's config (`plan_growth`).
+    `command` (what the user ran) goes into the model card."""
+    card = {"title": f"{Path(output_dir).name}: grown by {plan.method}",
+            "summary": (f"Grown (Scale-Up, AquilaMoE arXiv 2408.06567) from `{source_dir}`: {plan.method} width, "
+                        f"{plan.depth} depth; {'function-preserving' if plan.is_exact else 'not function-preserving'}."
+                        " Continue pretraining before use."),
+            "tags": ("model-growth", plan.method), "details": {"growth plan": plan_details(plan)},
+            "command": command}
+    return derive_checkpoint(source_dir, output_dir, growth_rule(plan, str(source_dir)), card=card,
+                             keep_model_type=True, overwrite=overwrite, max_shard_size=max_shard_size,
+                             progress=progress)
 
 
 def grow_state_dict(state: dict[str, torch.Tensor], plan: GrowthPlan) -> dict[str, torch.Tensor]:
@@ -137,10 +148,16 @@ def upcycle_rule(plan: UpcyclePlan) -> Rule:
 
 def upcycle_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathLike, plan: UpcyclePlan, *,
                        overwrite: bool = False, max_shard_size: int | str = "5GB",
-                       progress: str | None = None) -> Path:
+                       progress: str | None = None, command: str | None = None) -> Path:
     """Write the upcycled MoE of the dense checkpoint `source_dir` to `output_dir` (mixtral or qwen2_moe,
-    as `hf_model_type` decides), with the source's dtype and tokenizer files."""
-    return derive_checkpoint(source_dir, output_dir, upcycle_rule(plan), overwrite=overwrite,
+    as `hf_model_type` decides), with the source's dtype and tokenizer files. `command` (what the user
+    ran) goes into the model card."""
+    card = {"title": f"{Path(output_dir).name}: upcycled to {plan.n_experts} experts, top-{plan.top_k}",
+            "summary": (f"Sparse upcycling (Scale-Out; Komatsuzaki et al. 2023, He et al. 2024) of the dense "
+                        f"`{source_dir}`. Continue pretraining before use."),
+            "tags": ("moe", "sparse-upcycling"), "details": {"upcycling plan": plan_details(plan)},
+            "command": command}
+    return derive_checkpoint(source_dir, output_dir, upcycle_rule(plan), card=card, overwrite=overwrite,
                              max_shard_size=max_shard_size, progress=progress)
 
 

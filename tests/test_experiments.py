@@ -359,7 +359,7 @@ def test_export_keeps_metrics_meta_and_measurements_only(tmp_path, table1_dir, c
     assert main(["experiments", "export", str(table1_dir), str(tmp_path / "light")]) == 0
     light = tmp_path / "light"
     names = {p.name for p in light.rglob("*") if p.is_file()}
-    assert names == {"settings.json", "measurements.json", "metrics.jsonl", "meta.json"}
+    assert names == {"settings.json", "measurements.json", "state.json", "metrics.jsonl", "meta.json"}
     assert str(table1_dir.resolve()) not in (light / "seed-0" / "aki-pro" / "meta.json").read_text()
     result = claims_module.read_measurements([light], report=lambda line: None)
     assert set(result["table1"]) == {0, 1}
@@ -373,11 +373,18 @@ def test_an_exported_experiment_copied_back_resumes_with_the_seeds_it_lacks(tmp_
     export_experiment(table1_dir, light)
     out = tmp_path / "out"
     shutil.copytree(light, out)
-    shutil.rmtree(out / "seed-1")  # as if only seed 0 had been exported
+    # As if seed 1 had been exported half-way: aki-pro not done, no measurements yet.
+    (out / "seed-1" / MEASUREMENTS_FILE).unlink()
+    state = json.loads((out / "seed-1" / STATE_FILE).read_text())
+    del state["done"]["aki-pro"]
+    (out / "seed-1" / STATE_FILE).write_text(json.dumps(state))
+    shutil.rmtree(out / "seed-1" / "aki-pro")
     lines: list[str] = []
     measured = run_tiny("table1", out, [0, 1], tiny("table1", source, corpus, steps=2), lines)
     assert "seed 0: measured earlier, skipped" in lines
     assert not any(line.startswith("seed 0,") for line in lines)  # no run of seed 0 touched
+    ran = [line for line in lines if line.startswith("seed 1,") and not line.endswith("skipped")]
+    assert ran == ["seed 1, run 6/7 aki-pro"]
     assert (out / "seed-1" / "aki-pro" / "final").is_dir() and not (out / "seed-0" / "aki-pro" / "final").exists()
     before = json.loads((table1_dir / "seed-1" / MEASUREMENTS_FILE).read_text())["values"]
     assert measured[1] == pytest.approx(before, abs=1e-6)

@@ -219,12 +219,13 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[TensorEntry], *,
                      max_shard_size: int | str = "5GB", overwrite: bool = False,
-                     extra_files: list[Path] = (), progress: str | None = None) -> Path:
+                     extra_files: list[Path] = (), progress: str | None = None, readme: str | None = None) -> Path:
     """Write a Hugging Face checkpoint directory from tensors made one at a time.
 
     Each entry's tensor is made when its turn comes and dropped once written, so peak memory is the
     largest tensor. Above `max_shard_size` the tensors go to `model-0000i-of-0000n.safetensors` files
-    with a `model.safetensors.index.json`. `extra_files` (tokenizer files) are copied along. All of it
+    with a `model.safetensors.index.json`. `extra_files` (tokenizer files) are copied along; `readme` is
+    the model card (`lab.checkpoint.model_card`), written as README.md. All of it
     goes to a temporary sibling directory, renamed into place at the end: a failure leaves nothing.
     `progress` names a progress bar over the bytes written (None: no bar).
     """
@@ -249,6 +250,8 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         for src in extra_files:
             shutil.copyfile(src, tmp / Path(src).name)
+        if readme is not None:
+            (tmp / "README.md").write_text(readme, encoding="utf-8")
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -133,10 +133,11 @@ def lab_entries(cfg: ModelConfig, model_type: str, make: MakeTensor, dtype: torc
 def write_lab_checkpoint(path: str | os.PathLike, cfg: ModelConfig, make: MakeTensor, *,
                          model_type: str | None = None, extra_files: list[Path] = (),
                          max_shard_size: int | str = "5GB", overwrite: bool = False,
-                         progress: str | None = None) -> Path:
+                         progress: str | None = None, readme: str | None = None) -> Path:
     """Write a checkpoint of config `cfg` (dtype `cfg.dtype`) whose tensors `make` produces one at a time.
 
-    `model_type` defaults to the one the config implies (`hf_model_type`). Atomic, as `write_checkpoint`.
+    `model_type` defaults to the one the config implies (`hf_model_type`); `readme` is its model card.
+    Atomic, as `write_checkpoint`.
     """
     model_type = model_type or hf_model_type(cfg)
     dtype = getattr(torch, cfg.dtype)
@@ -146,7 +147,7 @@ def write_lab_checkpoint(path: str | os.PathLike, cfg: ModelConfig, make: MakeTe
 
     return write_checkpoint(path, config_to_hf(cfg, model_type), lab_entries(cfg, model_type, make_cast, dtype),
                             max_shard_size=max_shard_size, overwrite=overwrite, extra_files=extra_files,
-                            progress=progress)
+                            progress=progress, readme=readme)
 
 
 def model_entries(model, cfg: ModelConfig, model_type: str) -> list[TensorEntry]:
@@ -160,18 +161,25 @@ def model_entries(model, cfg: ModelConfig, model_type: str) -> list[TensorEntry]
 
 
 def save_pretrained(model, path: str | os.PathLike, *, max_shard_size: int | str = "5GB",
-                    overwrite: bool = False, tokenizer_dir: str | os.PathLike | None = None) -> Path:
+                    overwrite: bool = False, tokenizer_dir: str | os.PathLike | None = None,
+                    readme: str | None = None) -> Path:
     """Write `model` as a Hugging Face checkpoint directory that transformers opens.
 
     The model type follows from the config (`hf_model_type`), the dtype is the model's. Above
     `max_shard_size` the weights are sharded with an index; the tokenizer files found in
-    `tokenizer_dir` are copied along. The write is atomic (see `write_checkpoint`); an existing
-    non-empty `path` is replaced only with `overwrite`.
+    `tokenizer_dir` are copied along; `readme` is the model card (by default one that states the model's
+    shape). The write is atomic (see `write_checkpoint`); an existing non-empty `path` is replaced only
+    with `overwrite`.
     """
+    from lab.checkpoint.model_card import model_card
+
     check_output_dir(path, overwrite)
     dtype = next(iter(model.state_dict().values())).dtype
     cfg = model.config.replace(dtype=dtype_name(dtype))
     model_type = hf_model_type(cfg)
     extra = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
+    if readme is None:
+        readme = model_card(title=Path(path).name, summary="A decoder saved with `lab.save_pretrained`.", cfg=cfg,
+                            model_type=model_type)
     return write_checkpoint(path, config_to_hf(cfg, model_type), model_entries(model, cfg, model_type),
-                            max_shard_size=max_shard_size, overwrite=overwrite, extra_files=extra)
+                            max_shard_size=max_shard_size, overwrite=overwrite, extra_files=extra, readme=readme)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from lab.commands import (add_output_arguments, check_output_resources, check_verify_request, non_negative_float,
-                          positive_int, seed, verify_if_asked)
+from lab.commands import (add_output_arguments, check_output_resources, check_verify_request,
+                          non_negative_float, positive_int, seed, verify_if_asked)
 from lab.flops import total_parameters
 from lab.growth import DEPTH_KINDS, MAP_KINDS
 
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"  method {plan.method}, {_order(plan)}, map {plan.map}, noise {plan.noise:g}, seed {plan.seed}")
     print(f"  parameters: {total_parameters(source):,} -> {total_parameters(t):,}")
     print(f"  function-preserving: {'yes' if plan.is_exact else 'no'}; writes {model_type}")
-    grow_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="grow")
+    grow_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="grow",
+                    command=args.command_line)
     print(f"wrote {args.out}")
     verify_if_asked(args)
 

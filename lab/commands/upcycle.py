@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"  parameters: {total_parameters(source):,} dense -> {total_parameters(target):,} total, "
           f"{active_parameters(target):,} active")
     print(f"  writes {model_type}: {why}")
-    upcycle_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="upcycle")
+    upcycle_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="upcycle",
+                    command=args.command_line)
     print(f"wrote {args.out}")
     verify_if_asked(args)
 

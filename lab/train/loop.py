@@ -141,6 +141,19 @@ class _Run:
                 "peak_flops": self.peak, "environment": environment(self.info.device, self.info.world_size),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
+    def _model_card(self) -> str:
+        from lab.checkpoint.model_card import model_card
+
+        recipe = self.recipe
+        details = {"steps": self.step, "training tokens": self.tokens}
+        if self.last_eval:
+            details["validation loss at the last evaluation"] = {d: round(v, 4) for d, v in self.last_eval.items()}
+        details["recipe"] = recipe.to_dict()
+        made = f"from `{recipe.init_from}`" if recipe.init_from else "from scratch"
+        return model_card(title=recipe.run, summary=f"Trained with the lab ({recipe.stage} stage) {made}.",
+                          cfg=self.save_cfg, model_type=hf_model_type(self.save_cfg), base_model=recipe.init_from,
+                          tags=(recipe.stage,), details=details)
+
     def _record(self, event: str, **values) -> dict:
         return self.metrics.write(event, self.step, self.tokens, self.tokens * self.flops_per_token, **values)
 
@@ -215,7 +228,7 @@ class _Run:
             if self.checkpoint is None or ckpt.checkpoint_dir(self.out, self.step) != self.checkpoint:
                 self._save()  # e.g. resumed at or past stop_at
             if self.info.is_main:
-                ckpt.publish_final(self.out, self.checkpoint)
+                ckpt.publish_final(self.out, self.checkpoint, self._model_card())
             distributed.barrier(self.info)
         return self._summary()
 

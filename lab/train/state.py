@@ -184,14 +184,17 @@ def prune(run_dir: Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def publish_final(run_dir: Path, checkpoint: Path) -> Path:
-    """DIR/final: the Hugging Face part of `checkpoint`, hard-linked (copied where links fail), atomically."""
+def publish_final(run_dir: Path, checkpoint: Path, readme: str | None = None) -> Path:
+    """DIR/final: the Hugging Face part of `checkpoint`, hard-linked (copied where links fail), with its
+    model card `readme` (README.md), atomically."""
     final = Path(run_dir) / FINAL
     tmp = Path(run_dir) / f".{FINAL}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
+        if readme is not None:
+            (tmp / "README.md").write_text(readme, encoding="utf-8")
         for src in checkpoint.iterdir():
-            if src.name in (STATE_TENSORS, STATE_JSON) or not src.is_file():
+            if src.name in (STATE_TENSORS, STATE_JSON) or not src.is_file() or (tmp / src.name).exists():
                 continue
             try:
                 os.link(src, tmp / src.name)
