@@ -1,5 +1,3 @@
-import sys
+from lab.cli import run
 
-from lab.cli import main
-
-sys.exit(main())
+run()

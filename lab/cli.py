@@ -51,6 +51,11 @@ def _system_error(e: OSError) -> str:
     return f"{where}: {e.strerror or e}"
 
 
+def run() -> None:
+    """The console script (`efficientscale ...`, the same as `python -m lab ...`)."""
+    sys.exit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     with interrupt_on_sigterm():
         try:

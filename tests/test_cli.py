@@ -71,3 +71,16 @@ def test_bench_model_quick_runs_and_writes_json(tmp_path):
     report = json.loads((tmp_path / "b.json").read_text())
     assert set(report["cases"]) == {"moe", "dense"}
     assert "moe: lab / transformers" in result.stdout
+
+
+def test_the_console_script_runs_the_same_cli(tmp_path):
+    """`efficientscale` (pyproject's console script) is `python -m lab`: same entry, same exit codes."""
+    import shutil
+    from importlib.metadata import entry_points
+    from pathlib import Path
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "efficientscale"]
+    assert script.value == "lab.cli:run"
+    exe = shutil.which("efficientscale") or str(Path(sys.executable).parent / "efficientscale")
+    done = subprocess.run([exe, "info", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
