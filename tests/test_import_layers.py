@@ -15,7 +15,7 @@ from pathlib import Path
 LAB = Path(__file__).resolve().parents[1] / "lab"
 CORE = {"config", "model", "moe", "mlp", "growth", "upcycle", "checkpoint", "derive", "data", "train", "flops"}
 APPLICATIONS = {"__main__", "cli", "commands", "dashboard", "teach", "plots", "experiments", "bench", "grading", "pipeline",
-                "notebooks"}
+                "notebooks", "planner"}
 
 
 def module_names(root: Path) -> dict[str, Path]:
