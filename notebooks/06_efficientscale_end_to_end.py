@@ -31,7 +31,7 @@ from IPython.display import display
 import lab
 from lab.flops import flops_per_token
 from lab.growth import plan_growth
-from lab.derive import grow_model
+from lab.derive import grow_model, upcycle_model
 from lab.plots.curves import loss_figure
 from lab.plots.style import finish, named_color
 from lab.teach.controls import live_figure
@@ -40,7 +40,6 @@ from lab.teach.fast import pick, setup_torch
 from lab.teach.loop import as_run, events, train_steps, val_loss
 from lab.teach.reference import missing_note, reference_run
 from lab.upcycle import UpcyclePlan
-from lab.derive import upcycle_model
 
 setup_plotly()
 setup_torch()  # seeded; one CPU thread, fastest for models this small (LAB_THREADS to change)

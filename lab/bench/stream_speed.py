@@ -39,9 +39,8 @@ def peak_rss():
 
 from lab.checkpoint import read_config
 from lab.growth import plan_growth
-from lab.derive import grow_checkpoint
+from lab.derive import grow_checkpoint, upcycle_checkpoint
 from lab.upcycle import UpcyclePlan
-from lab.derive import upcycle_checkpoint
 op, src, out, request, threads = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
 if op == "grow":
