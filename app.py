@@ -1,23 +1,27 @@
 """The EfficientScale Lab dashboard: `make lab`, or `streamlit run app.py -- --runs DIR`.
 
 Navigation only: the sidebar (runs directory, uploads) and the pages, each a file in lab/dashboard/
-(plus one setting for the server's torch threads, lab/dashboard/cache.py).
+(plus one setting for the server's torch threads, lab/dashboard/cache.py, and each page's view kept
+across page switches and in the URL, lab/dashboard/view_state.py).
 """
 
 import sys
 
 import streamlit as st
 
-from lab.dashboard import cache, sources
+from lab.dashboard import cache, sources, view_state
 
 st.set_page_config(page_title="EfficientScale Lab", page_icon=":material/stacked_line_chart:", layout="wide")
 cache.configure_torch()
 sources.sidebar(default_dir=sources.runs_dir_argument(sys.argv[1:]))
-st.navigation([
+page = st.navigation([
     st.Page("lab/dashboard/overview.py", title="Overview", icon=":material/home:", default=True),
     st.Page("lab/dashboard/loss_curves.py", title="Loss curves", icon=":material/show_chart:", url_path="loss"),
     st.Page("lab/dashboard/expert_load.py", title="Expert load", icon=":material/grid_view:", url_path="experts"),
     st.Page("lab/dashboard/compute_savings.py", title="Compute savings", icon=":material/savings:", url_path="savings"),
     st.Page("lab/dashboard/growth_explorer.py", title="Growth explorer", icon=":material/park:", url_path="growth"),
     st.Page("lab/dashboard/live_run.py", title="Live run", icon=":material/play_circle:", url_path="live"),
-]).run()
+])
+view_state.begin()
+page.run()
+view_state.keep()  # the page's controls: remembered for when it is shown again, and in the URL

@@ -251,3 +251,39 @@ def test_runs_beyond_the_memory_budget_are_listed_unread(root, monkeypatch):
     assert_clean(at, "overview over budget")
     unread = [w.value for w in at.warning if "not read" in w.value]
     assert len(unread) == 3 and not any(w.startswith("efficientscale-tiny:") for w in unread)
+
+
+def test_a_page_keeps_its_view_across_page_switches_and_in_the_url(root):
+    """Before: every control went back to its default when its page was left. Now each page's controls come
+    back, and the URL holds them, so a view can be shared (issue: remembered state)."""
+    at = visit(app(root), "loss_curves")
+    at.selectbox(key="loss_group").select("routing").run()
+    at.radio(key="loss_x").set_value("tokens").run()
+    at.slider(key="loss_smoothing").set_value(0.5).run()
+    assert at.query_params["loss_x"] == ['"tokens"'] or at.query_params["loss_x"] == '"tokens"'
+    at = visit(at, "overview")
+    assert_clean(at, "overview")
+    at = visit(at, "loss_curves")
+    assert_clean(at, "loss curves again")
+    assert at.radio(key="loss_x").value == "tokens" and at.slider(key="loss_smoothing").value == 0.5
+    assert at.multiselect(key="loss_runs").value == ["routing/softmax-topk", "routing/topk-softmax"]
+    # A shared link: a new session opened on the URL's parameters draws the same view.
+    shared = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    shared.session_state[sources.RUNS_DIR_KEY] = str(root)
+    shared.run().switch_page("lab/dashboard/loss_curves.py")  # the link's path: /loss
+    for key in ("loss_group", "loss_group_shown", "loss_runs", "loss_x", "loss_smoothing"):
+        value = at.query_params[key]
+        shared.query_params[key] = value[0] if isinstance(value, list) else value
+    shared.run()
+    assert shared.radio(key="loss_x").value == "tokens" and shared.slider(key="loss_smoothing").value == 0.5
+    assert shared.multiselect(key="loss_runs").value == ["routing/softmax-topk", "routing/topk-softmax"]
+
+
+def test_a_hand_edited_url_never_reaches_a_widget(root):
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.session_state[sources.RUNS_DIR_KEY] = str(root)
+    at.run().switch_page("lab/dashboard/loss_curves.py")
+    at.query_params.update({"loss_x": '"sideways"', "loss_smoothing": "7", "loss_runs": '["gone"]', "loss_mark": "{"})
+    at.run()
+    assert_clean(at, "bad URL")
+    assert at.radio(key="loss_x").value in ("step", "flops") and at.slider(key="loss_smoothing").value == 0.0

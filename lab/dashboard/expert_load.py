@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from lab.dashboard import cache, explorer, sources
+from lab.dashboard.view_state import number_in, one_of, restore
 from lab.plots.experts import (DOMAIN_LOAD_FIELD, domain_load_figure, domain_load_from_run, domain_load_steps,
                                expert_load_heatmap, n_moe_layers, router_metrics_figure)
 from lab.runs import Run
@@ -57,6 +58,8 @@ def per_domain(run: Run | None) -> None:
              "experts (top-2), measured on each domain.")
         return
     steps = domain_load_steps(run)
+    if len(steps) > 1:
+        restore("domain_step", one_of(steps))
     chosen = st.select_slider("eval step", steps, value=steps[-1], key="domain_step") if len(steps) > 1 else None
     found = domain_load_from_run(run, chosen)
     if found is not None:
@@ -77,7 +80,10 @@ def demo(caption: str) -> None:
     """Per-domain load of a small freshly upcycled MoE (bounded: cached, seconds on a CPU)."""
     st.caption(caption)
     c1, c2 = st.columns(2)
-    routing = c1.selectbox("routing", ["topk_softmax", "softmax_topk"], key="demo_routing")
+    routings = ["topk_softmax", "softmax_topk"]
+    restore("demo_routing", one_of(routings))
+    routing = c1.selectbox("routing", routings, key="demo_routing")
+    restore("demo_seed", number_in(0, 99, int))
     seed = int(c2.number_input("router seed", 0, 99, 0, key="demo_seed"))
     loads = explorer.domain_expert_load(cache.demo_moe(8, 2, routing, seed), cache.windows())
     st.plotly_chart(domain_load_figure(loads, title="freshly upcycled model: share of tokens per expert"),
@@ -96,10 +102,14 @@ def render() -> None:
         return
     labels = list(runs)
     c1, c2, c3 = st.columns(3)
+    restore("experts_a", one_of(labels))
     a = c1.selectbox("run", labels, key="experts_a")
+    restore("experts_b", one_of(["(none)"] + labels))
     b = c2.selectbox("compare with", ["(none)"] + labels, index=2 if len(labels) > 1 else 0, key="experts_b")
+    restore("experts_x", one_of(["step", "tokens"]))
     x = c3.radio("x axis", ["step", "tokens"], horizontal=True, key="experts_x")
     layers = max(n_moe_layers(runs[a]), n_moe_layers(runs[b]) if b in runs else 0)
+    restore("experts_layer", one_of(["all"] + list(range(layers))))
     choice = st.selectbox("MoE layer", ["all"] + list(range(layers)), key="experts_layer")
     layer = None if choice == "all" else int(choice)
     shown = [runs[a]] + ([runs[b]] if b in runs else [])

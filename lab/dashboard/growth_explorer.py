@@ -13,6 +13,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lab.dashboard import cache, explorer
+from lab.dashboard.view_state import flag, number_in, one_of, restore
 from lab.errors import LabError
 from lab.growth import DEPTH_KINDS, METHODS, inserted_copies, layer_order
 from lab.plots.growth import init_loss_figure, layer_order_figure, parameter_figure
@@ -21,6 +22,7 @@ from lab.plots.growth import init_loss_figure, layer_order_figure, parameter_fig
 def _int(col, label: str, name: str, value: int, key: str, upper: int | None = None, step: int = 1,
          help: str | None = None) -> int:
     low, high = explorer.LIMITS[name]
+    restore(key, number_in(low, min(high, upper or high), int))
     return int(col.number_input(label, min_value=low, max_value=min(high, upper or high), value=value, step=step,
                                 key=key, help=help))
 
@@ -37,6 +39,7 @@ def shipped_names() -> list[str]:
 def source_inputs():
     """(the source model, a key naming it for the target's widgets)."""
     st.subheader("Source")
+    restore("src_kind", one_of([*shipped_names(), CUSTOM]))
     choice = st.radio("source", [*shipped_names(), CUSTOM], horizontal=True, key="src_kind",
                       help="a pretrained source of data/sources (python -m lab sources list), or a small model "
                            "built and briefly trained here")
@@ -65,6 +68,8 @@ def target_inputs(cfg, source_key: str):
     key = lambda name: f"{name}_{source_key}"  # noqa: E731
     wanted = explorer.default_target(cfg)
     c = st.columns(6)
+    restore(key("method"), one_of(METHODS))
+    restore(key("depth"), one_of(DEPTH_KINDS))
     method = c[0].selectbox("method", METHODS, index=2 if cfg.n_kv_heads != cfg.n_heads else 0, key=key("method"))
     depth = c[1].selectbox("depth", DEPTH_KINDS, index=DEPTH_KINDS.index("interpolate" if method == "aki-pro" else "stack"),
                            key=key("depth"))
@@ -73,6 +78,7 @@ def target_inputs(cfg, source_key: str):
                   help="more layers than the source: the depth rule decides what fills them")
     heads = _int(c[4], "heads", "n_heads", wanted["n_heads"], key("tgt_heads"))
     ffn = _int(c[5], "ffn_dim", "ffn_dim", wanted["ffn_dim"], key("tgt_ffn"), step=16)
+    restore(key("noise"), number_in(0.0, 0.1))
     noise = st.slider("symmetric noise (relative std)", 0.0, 0.1, 0.0, 0.01, key=key("noise"))
     return dict(method=method, depth=depth, dim=dim, n_layers=layers, n_heads=heads, ffn_dim=ffn, noise=noise)
 
@@ -116,6 +122,7 @@ def render() -> None:
     tokens = cache.window_batch()
     with st.spinner("growing..."):
         show_result(explorer.grow_and_compare(source, plan, tokens))
+    restore("all", flag)
     if st.checkbox("compare every method on this source and target (paper Table 1 at toy scale)", key="all"):
         sizes = {k: target[k] for k in ("dim", "n_layers", "n_heads", "ffn_dim")}
         results = explorer.compare_methods(source, tokens, **sizes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lab.dashboard import sources
+from lab.dashboard.view_state import flag, number_in, one_of, restore, some_of
 from lab.plots.curves import METRIC_LABELS, available_metrics, loss_figure, stage_boundaries, val_domains
 
 PREFER = ("efficientscale-tiny", "efficientscale-tiny-baseline")
@@ -24,6 +25,7 @@ def charts(labels: list[str], x: str, metric: str, smoothing: float, mark: bool,
                                 **axes), width="stretch", key="main")
     domains = val_domains(runs)
     if domains:
+        restore("domains", some_of(domains))
         chosen = st.multiselect("validation domains", domains, default=domains, key="domains")
         figure = loss_figure(runs, metric="val_loss", domains=chosen, title="validation loss per domain", **axes)
         st.plotly_chart(figure, width="stretch", key="domain")
@@ -40,6 +42,9 @@ def render() -> None:
         return
     grouped = sources.groups(runs)
     g, r = st.columns([1, 3])
+    restore("loss_group", one_of(["(chosen here)"] + list(grouped)))
+    restore("loss_group_shown", lambda v: True)  # which group's runs were put in the selection last
+    restore("loss_runs", some_of(runs))
     group = g.selectbox("runs of", ["(chosen here)"] + list(grouped), key="loss_group",
                         help="a group is a folder of the runs directory: growth (paper Table 1), routing, ...")
     if group in grouped and st.session_state.get("loss_group_shown") != group:
@@ -53,17 +58,24 @@ def render() -> None:
     c1, c2, c3 = st.columns(3)
     # A pipeline is compared with its baseline at equal training FLOPs (the paper's claim): FLOPs by default.
     pipeline = any(stage_boundaries(run) for run in chosen)
-    x = c1.radio("x axis", ["step", "tokens", "flops"], horizontal=True, index=2 if pipeline else 0,
-                 format_func=lambda v: "FLOPs (log)" if v == "flops" else v)
+    axes = ["step", "tokens", "flops"]
+    restore("loss_x", one_of(axes))
+    x = c1.radio("x axis", axes, horizontal=True, index=2 if pipeline else 0,
+                 format_func=lambda v: "FLOPs (log)" if v == "flops" else v, key="loss_x")
     metrics = available_metrics(chosen) or ["loss"]
-    metric = c2.selectbox("metric", [m for m in metrics if m != "val_loss"] or metrics,
-                          format_func=lambda m: METRIC_LABELS.get(m, m))
-    smoothing = c3.slider("smoothing", 0.0, 0.95, 0.0, 0.05)
+    metrics = [m for m in metrics if m != "val_loss"] or metrics
+    restore("loss_metric", one_of(metrics))
+    metric = c2.selectbox("metric", metrics, format_func=lambda m: METRIC_LABELS.get(m, m), key="loss_metric")
+    restore("loss_smoothing", number_in(0.0, 0.95))
+    smoothing = c3.slider("smoothing", 0.0, 0.95, 0.0, 0.05, key="loss_smoothing")
     c4, c5, c6 = st.columns(3)
-    mark = c4.checkbox("mark stage transitions", value=True)
+    restore("loss_mark", flag)
+    mark = c4.checkbox("mark stage transitions", value=True, key="loss_mark")
     l1, l2 = c5.columns(2)
+    restore(f"log_x_{x}", flag)
     log_x = l1.checkbox("log x", value=x == "flops", key=f"log_x_{x}")  # FLOPs span decades: log by default
-    log_y = l2.checkbox("log y", value=False)
+    restore("loss_log_y", flag)
+    log_y = l2.checkbox("log y", value=False, key="loss_log_y")
     live = c6.checkbox(f"follow live runs (every {REFRESH_S} s)", value=False)
     args = ([r.name for r in chosen], x, metric, smoothing, mark, log_x, log_y)
     if live:
