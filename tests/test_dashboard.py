@@ -287,3 +287,20 @@ def test_a_hand_edited_url_never_reaches_a_widget(root):
     at.run()
     assert_clean(at, "bad URL")
     assert at.radio(key="loss_x").value in ("step", "flops") and at.slider(key="loss_smoothing").value == 0.0
+
+
+@pytest.mark.parametrize("page, notebook", [("loss_curves", "02_depth_growth"), ("expert_load", "04_upcycling"),
+                                            ("compute_savings", "05_compute_savings"),
+                                            ("growth_explorer", "01_fpi_symmetry")])
+def test_each_analysis_page_opens_with_what_it_shows_its_metrics_and_its_notebook(root, page, notebook):
+    at = visit(app(root), page)
+    text = " ".join(m.value for m in at.markdown)
+    assert f"notebooks/{notebook}" in text and "make notebooks" in text
+    assert [e.label for e in at.expander][:1] == ["What the numbers mean"]
+
+
+def test_the_overview_names_every_page_and_keeps_whole_descriptions(root):
+    at = app(root)
+    text = " ".join(m.value for m in at.markdown)
+    for page in ("Loss curves", "Expert load", "Compute savings", "Growth explorer", "Live run"):
+        assert f"**{page}**" in text

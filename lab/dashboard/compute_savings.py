@@ -12,6 +12,7 @@ from dataclasses import replace
 import streamlit as st
 
 from lab.dashboard import measured, sources
+from lab.dashboard.page_intro import intro
 from lab.flops import Phase, savings, scratch_phase
 from lab.paper import TABLE6, TABLE6_SCRATCH
 from lab.plots.savings import savings_figure
@@ -98,6 +99,18 @@ def from_run() -> None:
 
 def render() -> None:
     st.title("Compute savings")
+    intro("The paper's Table 6: the time and compute the three-stage pipeline saves against training the "
+          "final MoE from scratch on all the tokens, editable, then the same accounting for a pipeline run "
+          "of your own.",
+          {"tokens per day": "a phase's throughput in billions of tokens per day (the paper's column; for a "
+                             "run, its median tokens/s x 86,400)",
+           "days": "a phase's tokens / its tokens per day",
+           "time savings": "the from-scratch run's days / the stages' days together",
+           "compute savings": "the same with each phase's days weighted by its cluster's rate (devices x "
+                              "TFLOP/s per device): PFLOP/s-days from scratch / the stages' together",
+           "TFLOP/s per device": "10^12 floating-point operations per second per device (the paper's 989.5 "
+                                 "for the preparation cluster, 240 for the others)"},
+          ("05", "06"))
     paper_table()
     from_run()
 

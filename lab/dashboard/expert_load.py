@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from lab.dashboard import cache, explorer, sources
+from lab.dashboard.page_intro import intro
 from lab.dashboard.view_state import number_in, one_of, restore
 from lab.plots.experts import (DOMAIN_LOAD_FIELD, domain_load_figure, domain_load_from_run, domain_load_steps,
                                expert_load_heatmap, n_moe_layers, router_metrics_figure)
@@ -92,6 +93,17 @@ def demo(caption: str) -> None:
 
 def render() -> None:
     st.title("Expert load")
+    intro("How an MoE's router shares the tokens among its experts during training, layer by layer, and the "
+          "auxiliary losses that steer it. A balanced router sends each expert the same share; a collapsed "
+          "one sends most tokens to a few experts.",
+          {"tokens per expert": "share of the top-k assignments that went to each expert, per MoE layer "
+                                "(1/E each at perfect balance)",
+           "load-balancing loss": "E x sum over experts of (fraction of assignments) x (mean router probability): "
+                                  "1 at perfect balance, per layer; summed or averaged over layers as the run's "
+                                  "router_loss_aggregation says",
+           "z-loss": "mean over tokens of (logsumexp of the router logits) squared (ST-MoE); keeps the logits small",
+           "router entropy": "mean entropy of the router's distribution per token, in nats (ln E when uniform)"},
+          ("04",))
     runs = {label: r for label, r in sources.catalog().items() if n_moe_layers(r) > 0}
     if not runs:
         if sources.catalog():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lab.dashboard import cache, explorer
+from lab.dashboard.page_intro import intro
 from lab.dashboard.view_state import flag, number_in, one_of, restore
 from lab.errors import LabError
 from lab.growth import DEPTH_KINDS, METHODS, inserted_copies, layer_order
@@ -111,6 +112,15 @@ def show_result(result: explorer.GrowthResult) -> None:
 
 def render() -> None:
     st.title("Growth explorer")
+    intro("Grow a pretrained source (or a small model built here) with each method and see, right after "
+          "growth and before any training, how much of the source's function survives: the loss on the "
+          "validation windows, the largest logit gap, and which source layer each new layer copies.",
+          {"loss right after growth": "validation cross-entropy of the grown model before any step (nats per "
+                                      "token); the source's when the method is function-preserving",
+           "max logit gap": "largest absolute difference between the grown and the source model's logits on the "
+                            "same tokens (0 for FPI with integer ratios)",
+           "layer order": "for each new layer, the source layer it starts from (stacking, interpolation, identity)"},
+          ("01", "02", "03"))
     try:
         source, source_key = source_inputs()
         cfg = source.config

@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lab.dashboard import sources
+from lab.dashboard.page_intro import intro
 from lab.dashboard.view_state import flag, number_in, one_of, restore, some_of
 from lab.plots.curves import METRIC_LABELS, available_metrics, loss_figure, stage_boundaries, val_domains
 
@@ -36,6 +37,18 @@ def charts(labels: list[str], x: str, metric: str, smoothing: float, mark: bool,
 
 def render() -> None:
     st.title("Loss curves")
+    intro("Runs overlaid by step, tokens or training FLOPs, with the stage transitions of a pipeline marked. "
+          "Compare a pipeline with its from-scratch baseline at equal FLOPs (the paper's claim), or growth "
+          "methods and routing variants with each other.",
+          {"loss": "training cross-entropy of the last batch, in nats per token (ln 4096 = 8.32 is a uniform "
+                   "guess over the shipped tokenizer's vocabulary)",
+           "validation loss": "mean cross-entropy over the shipped validation windows, per domain and their mean "
+                              "(nats per token)",
+           "tokens": "training tokens seen so far (batch x sequence length x steps, over every process)",
+           "FLOPs": "training FLOPs so far: 6 x matmul parameters + 12 x layers x heads x head dim x sequence "
+                    "length per token (PaLM's count; an MoE counts its top-k experts only)",
+           "stage transition": "a growth (Scale-Up) or upcycling (Scale-Out) step inside a pipeline run"},
+          ("02", "03", "06"))
     runs = sources.catalog()
     if not runs:
         sources.no_runs_message()

@@ -18,7 +18,7 @@ def summary(run: Run) -> dict:
             "loss": train[-1].get("loss") if train else None,
             "val loss": evals[-1].get("val_loss_mean") if evals else None,
             "MoE": any("tokens_per_expert" in r for r in train), "problems": len(run.metrics.problems),
-            "description": str(run.meta.get("description", ""))[:200]}
+            "description": str(run.meta.get("description", ""))}
 
 
 def render() -> None:
@@ -30,14 +30,18 @@ def render() -> None:
         "- **Loss curves**: runs overlaid by step, tokens or FLOPs, stages marked, validation loss per domain.\n"
         "- **Expert load**: tokens per expert per layer over training; balance loss, z-loss, router entropy.\n"
         "- **Compute savings**: the paper's Table 6 (4.12× time, 3.35× compute), editable, and from a run.\n"
-        "- **Growth explorer**: grow a small model live and see what each method preserves.")
+        "- **Growth explorer**: grow a small model live and see what each method preserves.\n"
+        "- **Live run**: train a tiny recipe or the tiny pipeline in the background and watch its metrics.\n\n"
+        "Each page says what it shows and which notebook explains it.")
     runs = sources.catalog()
     if not runs:
         sources.no_runs_message()
         return
     st.subheader(f"Runs in `{sources.runs_root()}`")
     rows = [summary(r) for r in runs.values()]
-    st.dataframe(rows, hide_index=True, width="stretch", height=min(38 + 35 * len(rows), 600))
+    # Descriptions are whole sentences: the column wraps them rather than cutting them off.
+    st.dataframe(rows, hide_index=True, width="stretch", height=min(38 + 35 * len(rows), 600),
+                 column_config={"description": st.column_config.TextColumn(width="large")})
     sources.show_problems(list(runs.values()), limit=3)
 
 
