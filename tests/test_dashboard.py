@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import pipeline_records, runs_root, write_run
@@ -238,10 +239,66 @@ def test_live_run_starts_one_bounded_training_and_shows_its_metrics(tmp_path, mo
     at.button(key="live_start").click().run()
     assert_clean(at, "live run")
     cmd = FakeTraining.commands[-1]
-    assert cmd[1:4] == ["-m", "lab", "train"] and cmd[cmd.index("--max-steps") + 1] == "20"
+    assert cmd[1:4] == ["-m", "lab", "train"]
+    recipe = yaml.safe_load(Path(cmd[cmd.index("--recipe") + 1]).read_text())
+    assert recipe["train"]["max_steps"] == 20 and recipe["train"]["log_every"] == 1  # a loss at every step
     assert Path(cmd[cmd.index("--out") + 1]).is_relative_to(tmp_path)  # never into the runs directory
-    assert any("finished (exit code 0)" in c.value for c in at.caption)
+    assert any("finished: 8 steps" in c.value for c in at.caption)
     assert len(at.get("plotly_chart")) == 3  # loss, validation loss per domain, expert load
+    # The job has ended: start is enabled again and stop is not (before: both kept the running state).
+    assert not at.button(key="live_start").disabled and at.button(key="live_stop").disabled
+
+
+class StoppedTraining(FakeTraining):
+    """A training stopped by the page's stop button: exit 130 after its progress bars."""
+
+    def __init__(self, cmd, stdout=None, **kwargs):
+        super().__init__(cmd, **kwargs)
+        self.returncode = None
+        stdout.write(b"live:  40%|####      | 8/20 [00:01<00:02, 5.1it/s]\r" * 50)
+
+    def poll(self):
+        return self.returncode
+
+    def terminate(self):
+        self.returncode = 130
+
+
+def test_a_stop_reads_as_a_stop_and_the_run_can_be_saved_beside_the_reference_runs(tmp_path, monkeypatch):
+    import subprocess
+
+    root = runs_root(tmp_path / "runs")
+    monkeypatch.setattr(subprocess, "Popen", StoppedTraining)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    at = visit(app(root), "live_run")
+    at.number_input(key="live_steps").set_value(20)
+    at.button(key="live_start").click().run()
+    assert at.button(key="live_stop").click().run()
+    assert_clean(at, "stopped")
+    assert any("stopped at step 8, as asked" in c.value for c in at.caption)
+    assert not at.code and not any("exit code" in c.value for c in at.caption)  # no log dump, no "crash"
+    at.button(key="live_save").click().run()
+    saved = list((root / "live").rglob("metrics.jsonl"))
+    assert len(saved) == 1 and not list((root / "live").rglob("*.safetensors"))
+    at = visit(at, "loss_curves")
+    assert any(label.startswith("live/") for label in at.multiselect(key="loss_runs").options)
+
+
+def test_a_failed_run_shows_the_end_of_its_log_without_progress_bars(tmp_path, monkeypatch):
+    import subprocess
+
+    class Failing(StoppedTraining):
+        def __init__(self, cmd, stdout=None, **kwargs):
+            super().__init__(cmd, stdout=stdout, **kwargs)
+            stdout.write(b"\nerror: the loss is nan at step 8 (try a lower optim.lr)\n")
+            self.returncode = 2
+
+    monkeypatch.setattr(subprocess, "Popen", Failing)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    at = visit(app(tmp_path / "none"), "live_run")
+    at.button(key="live_start").click().run()
+    assert any("failed (exit code 2)" in c.value for c in at.caption)
+    assert at.code[0].value.strip() == "error: the loss is nan at step 8 (try a lower optim.lr)"
 
 
 def test_runs_beyond_the_memory_budget_are_listed_unread(root, monkeypatch):
