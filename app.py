@@ -19,6 +19,7 @@ page = st.navigation([
     st.Page("lab/dashboard/loss_curves.py", title="Loss curves", icon=":material/show_chart:", url_path="loss"),
     st.Page("lab/dashboard/expert_load.py", title="Expert load", icon=":material/grid_view:", url_path="experts"),
     st.Page("lab/dashboard/compute_savings.py", title="Compute savings", icon=":material/savings:", url_path="savings"),
+    st.Page("lab/dashboard/run_details.py", title="Run details", icon=":material/article:", url_path="details"),
     st.Page("lab/dashboard/growth_explorer.py", title="Growth explorer", icon=":material/park:", url_path="growth"),
     st.Page("lab/dashboard/live_run.py", title="Live run", icon=":material/play_circle:", url_path="live"),
 ])

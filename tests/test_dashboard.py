@@ -361,3 +361,27 @@ def test_the_overview_names_every_page_and_keeps_whole_descriptions(root):
     text = " ".join(m.value for m in at.markdown)
     for page in ("Loss curves", "Expert load", "Compute savings", "Growth explorer", "Live run"):
         assert f"**{page}**" in text
+
+
+def test_run_details_show_samples_transitions_and_configuration():
+    """The samples training records at each evaluation and a pipeline's transitions, never shown before."""
+    from lab.dashboard.run_details import samples_at, sample_steps, transitions
+    from lab.runs import load_run
+
+    run = load_run(REPO / "data" / "runs" / "efficientscale-tiny")
+    rows = transitions(run)
+    assert [r["kind"] for r in rows] == ["grow", "upcycle"]
+    grow, upcycle = rows
+    assert grow["parameters after"] > grow["parameters before"] and grow["loss right after"] > grow["loss just before"]
+    # 8 experts, top-2: more weights than a token uses, and a token uses more than the dense model had.
+    assert upcycle["parameters after"] > upcycle["active after"] > upcycle["parameters before"]
+    assert abs(upcycle["loss right after"] - upcycle["loss just before"]) < 1e-5  # upcycling keeps the function
+    prompts, samples = samples_at(run, sample_steps(run)[-1])
+    assert set(prompts) == set(samples) == {"english", "chinese", "code", "arithmetic"}
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    at = at.switch_page("lab/dashboard/run_details.py").run()
+    at.selectbox(key="details_a").select("efficientscale-tiny").run()
+    assert_clean(at, "run details")
+    assert any("66 * 84 =" in c.value for c in at.code)  # the arithmetic prompt and its continuation
+    assert len(at.dataframe) == 1 and len(at.json) == 1

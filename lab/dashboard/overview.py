@@ -30,6 +30,7 @@ def render() -> None:
         "- **Loss curves**: runs overlaid by step, tokens or FLOPs, stages marked, validation loss per domain.\n"
         "- **Expert load**: tokens per expert per layer over training; balance loss, z-loss, router entropy.\n"
         "- **Compute savings**: the paper's Table 6 (4.12× time, 3.35× compute), editable, and from a run.\n"
+        "- **Run details**: the text each evaluation generated, a pipeline's transitions, a run's configuration.\n"
         "- **Growth explorer**: grow a small model live and see what each method preserves.\n"
         "- **Live run**: train a tiny recipe or the tiny pipeline in the background and watch its metrics.\n\n"
         "Each page says what it shows and which notebook explains it.")
