@@ -237,7 +237,7 @@ class ModelConfig:
 
 
 # Fields added after runs were recorded, each with the value that reproduces what those runs computed.
-FIELDS_ADDED_LATER = {"router_loss_aggregation": "mean", "tokens": None}
+FIELDS_ADDED_LATER = {"router_loss_aggregation": "mean", "tokens": None, "placement": "first"}
 
 
 def without_later_defaults(values: Any) -> Any:

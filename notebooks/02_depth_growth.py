@@ -20,9 +20,10 @@
 # * **stacking** (StackBERT, used by bert2BERT): repeat the whole stack on top of itself,
 #   $3 \to 6$ layers: 0, 1, 2, 0, 1, 2;
 # * **interpolation** (Pan et al. 2024; AKI-Pro): repeat each layer in place, 0, 0, 1, 1, 2, 2;
-# * **identity blocks** (LLaMA-Pro): interpolation, with the projections that write into the residual
-#   stream (attention's o and the MLP's down) zeroed in each inserted copy, so it computes exactly
-#   what the source does.
+# * **identity blocks**: interpolation, with the projections that write into the residual stream
+#   (attention's o and the MLP's down) zeroed in each inserted copy, so it computes exactly what the
+#   source does. LLaMA-Pro's block expansion does the same but puts each copy after the *last* layer of
+#   its group (`placement="last"`, $4 \to 6$: 0, 1, 1′, 2, 3, 3′); the order here puts it after the first.
 #
 # We grow the lab's pretrained source, look at the loss right after growth and how fast each rule
 # recovers (the paper's Table 1 at small scale), and test on the source's layers the paper's reason for

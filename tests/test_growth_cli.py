@@ -26,7 +26,7 @@ def test_grow_prints_what_it_did_and_verifies(sources, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "(qwen2, 2 layers, dim 64, 4 heads / 2 kv, head_dim 16, ffn_dim 96)" in printed
     assert "target: 3 layers, dim 128, 8 heads / 2 kv, head_dim 16, ffn_dim 192" in printed
-    assert "method fpi, depth identity (source layers 0,0,1)" in printed
+    assert "method fpi, depth identity, placement first (source layers 0,0,1)" in printed
     assert "function-preserving: yes; writes qwen2" in printed
     gap = float(printed.split("max |logit gap| ")[1].split(",")[0])
     assert gap < 1e-5

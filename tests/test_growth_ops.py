@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from lab import DecoderLM, ModelConfig
-from lab.growth import aki_out, fpi_in, fpi_out, grouped_map, growth_map, growth_maps, inserted_copies, layer_order, plan_growth, symmetric_noise
 from lab.derive import grow_model, grow_state_dict
+from lab.errors import LabError
+from lab.growth import (aki_out, fpi_in, fpi_out, grouped_map, growth_map, growth_maps, inserted_copies, layer_order,
+                        plan_growth, symmetric_noise)
 
 
 def random_model(seed: int = 0, **overrides) -> DecoderLM:
@@ -191,3 +193,40 @@ def test_aki_new_units_come_from_the_next_layer(method, kv):
         provenance = {0: (q0, 0), 1: (q0, 1), 2: (q1, 0), 3: (q1, 1), 4: (q0, 2), 5: (q0, 3), 6: (q1, 2), 7: (q1, 3)}
         for new, (layer, old) in provenance.items():
             torch.testing.assert_close(grown[new * hd:(new + 1) * hd], layer[old * hd:(old + 1) * hd])
+
+
+@pytest.mark.parametrize("old, new, first, last", [
+    (4, 6, [0, 0, 1, 2, 2, 3], [0, 1, 1, 2, 3, 3]),  # LLaMA-Pro: a copy of each group's last block after it
+    (3, 5, [0, 0, 1, 1, 2], [0, 1, 1, 2, 2]),
+    (2, 4, [0, 0, 1, 1], [0, 0, 1, 1]),  # groups of one layer: both placements agree
+])
+def test_identity_blocks_follow_the_first_or_the_last_layer_of_their_group(old, new, first, last):
+    assert layer_order(old, new, "identity", "first") == first
+    assert layer_order(old, new, "identity", "last") == last
+    for order in (first, last):
+        # Every source layer once, in order; each inserted copy right after the layer it copies.
+        originals = [source for l, source in enumerate(order) if l not in inserted_copies(order)]
+        assert originals == list(range(old))
+        assert all(order[l] == order[l - 1] for l in inserted_copies(order))
+
+
+@pytest.mark.parametrize("placement", ["first", "last"])
+def test_identity_blocks_keep_the_logits_with_either_placement(placement):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=64)
+    source = DecoderLM(cfg).eval()
+    grown = grow_model(source, plan_growth(cfg, n_layers=6, depth="identity", placement=placement)).eval()
+    ids = torch.randint(0, 64, (2, 12))
+    torch.testing.assert_close(grown(ids).logits, source(ids).logits, rtol=0, atol=1e-5)
+    order = layer_order(4, 6, "identity", placement)
+    for l in inserted_copies(order):  # the inserted block's residual writers are zero, the rest its source's
+        assert not grown.layers[l].attn.o_proj.weight.any() and not grown.layers[l].mlp.down_proj.weight.any()
+        torch.testing.assert_close(grown.layers[l].attn.q_proj.weight, source.layers[order[l]].attn.q_proj.weight)
+
+
+def test_placement_is_for_identity_blocks_only():
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=4, n_heads=4, ffn_dim=64)
+    with pytest.raises(LabError, match="--placement last places identity blocks: it needs --depth identity"):
+        plan_growth(cfg, n_layers=6, depth="interpolate", placement="last")
+    with pytest.raises(LabError, match="--placement 'middle'"):
+        plan_growth(cfg, n_layers=6, depth="identity", placement="middle")

@@ -8,7 +8,7 @@ import warnings
 from lab.commands import (add_output_arguments, check_output_resources, check_verify_request,
                           non_negative_float, positive_int, seed, verify_if_asked)
 from lab.flops import total_parameters
-from lab.growth import DEPTH_KINDS, MAP_KINDS
+from lab.growth import DEPTH_KINDS, MAP_KINDS, PLACEMENTS
 
 ORDER = 30
 
@@ -21,9 +21,10 @@ def _shape(cfg) -> str:
 def _order(plan) -> str:
     from lab.growth import layer_order
 
-    order = layer_order(plan.source.n_layers, plan.target.n_layers, plan.depth)
+    order = layer_order(plan.source.n_layers, plan.target.n_layers, plan.depth, plan.placement)
     text = ",".join(map(str, order[:16])) + (",..." if len(order) > 16 else "")
-    return f"depth {plan.depth} (source layers {text})" if plan.target.n_layers > plan.source.n_layers else "depth kept"
+    where = f", placement {plan.placement}" if plan.depth == "identity" else ""
+    return f"depth {plan.depth}{where} (source layers {text})" if plan.target.n_layers > plan.source.n_layers else "depth kept"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> None:
         warnings.simplefilter("always")
         plan = plan_growth(source, method=args.method, dim=args.hidden_size, ffn_dim=args.intermediate_size,
                            n_layers=args.num_layers, n_heads=args.num_heads, n_kv_heads=args.num_kv_heads,
-                           depth=args.depth, map=args.map, noise=args.noise, seed=args.seed)
+                           depth=args.depth, map=args.map, noise=args.noise, seed=args.seed,
+                           placement=args.placement)
     for w in caught:
         print(f"warning: {w.message}")
     t = plan.target
@@ -79,6 +81,9 @@ def add_parser(subparsers) -> None:
                    help="layer order when --num-layers grows: stack (l mod L1), interpolate (floor(l*L1/L2)), "
                         "identity (interpolate with the inserted copies' o/down zeroed: exact); default "
                         "interpolate for aki-pro, stack otherwise")
+    p.add_argument("--placement", choices=PLACEMENTS, default="first",
+                   help="with --depth identity: each new block copies and follows the first layer of its group "
+                        "(the interpolation order) or the last (LLaMA-Pro's block expansion)")
     p.add_argument("--map", choices=MAP_KINDS, default="cyclic",
                    help="which old unit a new unit copies: cyclic (i mod old, exact for integer ratios) or "
                         "random (bert2BERT, seeded)")

@@ -14,13 +14,13 @@ AKI-Pro (the paper's method) = AKI width + interpolation depth + the GQA rule (k
 grow inside each group).
 """
 
-from lab.growth.depth import DEPTH_KINDS, inserted_copies, layer_order
+from lab.growth.depth import DEPTH_KINDS, PLACEMENTS, inserted_copies, layer_order
 from lab.growth.maps import MAP_KINDS, GrowthMap, grouped_map, growth_map
 from lab.growth.noise import symmetric_noise
 from lab.growth.plan import METHODS, GrowthPlan, half_again_deeper, plan_growth
 from lab.growth.transform import GrowthTensors, growth_maps
 from lab.growth.width import aki_out, fpi_in, fpi_out
 
-__all__ = ["DEPTH_KINDS", "GrowthMap", "GrowthPlan", "GrowthTensors", "MAP_KINDS", "METHODS", "aki_out", "fpi_in",
+__all__ = ["DEPTH_KINDS", "GrowthMap", "GrowthPlan", "GrowthTensors", "MAP_KINDS", "METHODS", "PLACEMENTS", "aki_out", "fpi_in",
            "fpi_out", "grouped_map", "growth_map",
            "growth_maps", "half_again_deeper", "inserted_copies", "layer_order", "plan_growth", "symmetric_noise"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from lab.config import ModelConfig
 from lab.errors import LabError, quoted
-from lab.growth.depth import DEPTH_KINDS
+from lab.growth.depth import DEPTH_KINDS, PLACEMENTS
 from lab.growth.maps import MAP_KINDS
 
 METHODS = ("fpi", "aki", "aki-pro")
@@ -40,6 +40,7 @@ class GrowthPlan:
     map: str = "cyclic"
     noise: float = 0.0
     seed: int = 0
+    placement: str = "first"  # identity blocks after the first or the last layer of their group
 
     @property
     def grouped_heads(self) -> bool:
@@ -87,7 +88,8 @@ def half_again_deeper(n_layers: int) -> int:
 
 def plan_growth(source: ModelConfig, *, method: str = "fpi", dim: int | None = None, ffn_dim: int | None = None,
                 n_layers: int | None = None, n_heads: int | None = None, n_kv_heads: int | None = None,
-                depth: str | None = None, map: str = "cyclic", noise: float = 0.0, seed: int = 0) -> GrowthPlan:
+                depth: str | None = None, map: str = "cyclic", noise: float = 0.0, seed: int = 0,
+                placement: str = "first") -> GrowthPlan:
     """The plan that grows `source` to the requested dimensions (None keeps the source's), after every check.
 
     `depth` defaults to "interpolate" for aki-pro (the paper's choice) and to "stack" otherwise
@@ -98,6 +100,10 @@ def plan_growth(source: ModelConfig, *, method: str = "fpi", dim: int | None = N
     depth = depth or ("interpolate" if method == "aki-pro" else "stack")
     if depth not in DEPTH_KINDS:
         raise LabError(f"--depth {depth!r}: must be one of {', '.join(DEPTH_KINDS)}")
+    if placement not in PLACEMENTS:
+        raise LabError(f"--placement {placement!r}: must be one of {', '.join(PLACEMENTS)}")
+    if placement != "first" and depth != "identity":
+        raise LabError(f"--placement {placement} places identity blocks: it needs --depth identity, not {depth}")
     if map not in MAP_KINDS:
         raise LabError(f"--map {map!r}: must be one of {', '.join(MAP_KINDS)}")
     if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
@@ -132,4 +138,4 @@ def plan_growth(source: ModelConfig, *, method: str = "fpi", dim: int | None = N
                                 head_dim=hd, tie_embeddings=False)
     except ValueError as e:
         raise LabError(str(e)) from None
-    return GrowthPlan(source, target, method, depth, map, float(noise), seed)
+    return GrowthPlan(source, target, method, depth, map, float(noise), seed, placement)

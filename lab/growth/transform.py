@@ -92,7 +92,7 @@ class GrowthTensors:
     def __init__(self, plan: GrowthPlan, read: Callable[[str], torch.Tensor]):
         self.plan, self.read = plan, read
         self.maps = growth_maps(plan)
-        self.order = layer_order(plan.source.n_layers, plan.target.n_layers, plan.depth)
+        self.order = layer_order(plan.source.n_layers, plan.target.n_layers, plan.depth, plan.placement)
         self.zeroed = inserted_copies(self.order) if plan.depth == "identity" else set()
         self.aki = plan.method in ("aki", "aki-pro")
         self.shapes = parameter_shapes(plan.target)

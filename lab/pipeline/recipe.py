@@ -51,7 +51,7 @@ from typing import Any
 from lab.config import ROUTER_LOSS_AGGREGATIONS, ModelConfig, without_later_defaults
 from lab.errors import LabError, RecipeError, quoted
 from lab.flops import flops_per_token
-from lab.growth import DEPTH_KINDS, MAP_KINDS, METHODS, GrowthPlan, plan_growth
+from lab.growth import DEPTH_KINDS, MAP_KINDS, METHODS, PLACEMENTS, GrowthPlan, plan_growth
 from lab.train.recipe import Recipe, load_recipe
 from lab.upcycle import UpcyclePlan, upcycle_config
 from lab.yaml_input import read_yaml
@@ -64,7 +64,7 @@ BASELINE_KEYS = ("name", "data", "optim", "train")
 STAGE_DATA_KEYS = ("batch_size", "grad_accum")  # the rest of `data` decides the validation windows
 # plan_growth's keyword arguments and their types.
 GROW_OPTIONS = {"method": str, "dim": int, "ffn_dim": int, "n_layers": int, "n_heads": int, "n_kv_heads": int,
-                "depth": str, "map": str, "noise": float, "seed": int}
+                "depth": str, "map": str, "noise": float, "seed": int, "placement": str}
 UPCYCLE_OPTIONS = typing.get_type_hints(UpcyclePlan)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PREVIOUS = "<previous stage>"  # a later stage's init_from until the pipeline runs: the transformed checkpoint
@@ -201,6 +201,7 @@ def _grow(cfg: ModelConfig, values: Any, seed: int, where: str) -> GrowthPlan:
     _choice(options, "method", METHODS, where)
     _choice(options, "depth", DEPTH_KINDS, where)
     _choice(options, "map", MAP_KINDS, where)
+    _choice(options, "placement", PLACEMENTS, where)
     options.setdefault("seed", seed)
     try:
         return plan_growth(cfg, **options)

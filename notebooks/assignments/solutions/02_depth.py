@@ -12,9 +12,9 @@
 # Neither keeps the function: the layer placed after a copy expects the output of a different layer.
 # In the paper (Table 1, M(24, 2048) to M(32, 4096), source loss 2.97) FPI with stacking starts at loss
 # 4.30 and FPI with interpolation at 3.31. A third order does keep the function: **identity blocks**
-# (LLaMA-Pro block expansion) interpolate, then zero the two projections that write into the residual
-# stream, `attn.o_proj` and `mlp.down_proj`, in every *inserted* copy (the second, third... copy of a
-# layer). Such a block adds nothing: $x + 0 = x$.
+# (block expansion; LLaMA-Pro's puts each copy after the last layer of its group instead) interpolate,
+# then zero the two projections that write into the residual stream, `attn.o_proj` and `mlp.down_proj`,
+# in every *inserted* copy (the second, third... copy of a layer). Such a block adds nothing: $x + 0 = x$.
 #
 # You will write the three orders, grow a model, write a short training loop and compare the orders
 # after a few steps of continued training.
