@@ -76,6 +76,19 @@ def fraction(text: str) -> float:
     return value
 
 
+def recipe_file(text: str) -> str:
+    """--recipe: a recipe file, or the name of a shipped one (`tiny`, `efficientscale-tiny`: the file of
+    that name in the shipped recipes/, which an installed package keeps where no user would look)."""
+    from pathlib import Path
+
+    from lab.paths import RECIPES_DIR
+
+    if Path(text).expanduser().exists() or "/" in text or text.endswith((".yaml", ".yml", ".json")):
+        return text
+    shipped = RECIPES_DIR / f"{text}.yaml"
+    return str(shipped) if shipped.is_file() else text
+
+
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """--force, --verify and --verify-text: the options every checkpoint-to-checkpoint command shares."""
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from lab.commands import recipe_file
+
 ORDER = 60
 
 
@@ -54,7 +56,8 @@ def add_parser(subparsers) -> None:
                     "DIR/metrics.jsonl (all stages, cumulative FLOPs), DIR/stages/NAME/ (each stage's run and "
                     "Hugging Face checkpoint in final/) and DIR/baseline/. SIGINT or SIGTERM checkpoints and "
                     "stops (exit 130); --resume continues where it stopped.")
-    p.add_argument("--recipe", required=True, help="pipeline YAML recipe")
+    p.add_argument("--recipe", required=True, type=recipe_file,
+                   help="pipeline YAML recipe, or the name of a shipped one (efficientscale-tiny, ...)")
     p.add_argument("--out", required=False, metavar="DIR", help="pipeline directory (new, or its own with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the pipeline in --out where it stopped")
     p.add_argument("--check", action="store_true", help="only validate the recipe and print the stages' plan")

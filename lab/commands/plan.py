@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import json
 
-from lab.commands import positive_int
+from lab.commands import positive_int, recipe_file
 
 ORDER = 72
 
@@ -53,7 +53,8 @@ def add_parser(subparsers) -> None:
                     "(weights, gradients, AdamW state, gathered blocks, activations), the FSDP2/HSDP layout, "
                     "expert parallelism, micro-batch and gradient accumulation, traffic per step, estimated "
                     "time per step and MFU. Exit code 2 with the reason when a stage does not fit.")
-    p.add_argument("--recipe", required=True, help="a training recipe or a pipeline recipe (YAML)")
+    p.add_argument("--recipe", required=True, type=recipe_file,
+                   help="a training recipe or a pipeline recipe (YAML), or the name of a shipped one")
     p.add_argument("--gpus", type=positive_int, required=True, help="how many GPUs")
     p.add_argument("--gpu", choices=sorted(GPUS), default="h100", help="the GPU (default h100)")
     p.add_argument("--gpus-per-node", type=positive_int, default=8, help="GPUs per node (default 8)")

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from lab.commands import positive_int
+from lab.commands import positive_int, recipe_file
 
 ORDER = 50
 
@@ -45,7 +45,8 @@ def add_parser(subparsers) -> None:
         description="Train as a YAML recipe says (see recipes/). Writes DIR/meta.json, DIR/metrics.jsonl, "
                     "DIR/checkpoints/step-NNNNNN/ (Hugging Face directories with training state) and "
                     "DIR/final/. SIGINT or SIGTERM checkpoints the current step and stops (exit 130).")
-    p.add_argument("--recipe", required=True, help="YAML recipe file")
+    p.add_argument("--recipe", required=True, type=recipe_file,
+                   help="YAML recipe file, or the name of a shipped one (tiny, tiny-moe, ...)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (new, or the run's own with --resume)")
     p.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
                    help="stop after this step (the schedule still spans the recipe's train.max_steps)")

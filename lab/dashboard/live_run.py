@@ -29,7 +29,7 @@ from pathlib import Path
 import streamlit as st
 
 from lab.dashboard import sources
-from lab.data import DATA_DIR
+from lab.paths import RECIPES_DIR, ROOT
 from lab.plots.curves import loss_figure
 from lab.plots.experts import expert_load_heatmap, n_moe_layers
 from lab.runs import find_runs
@@ -60,7 +60,7 @@ def start(recipe: str, steps: int | None) -> bool:
         # mkdtemp: a new directory only this user can enter, at a name nobody can guess in advance.
         home = Path(tempfile.mkdtemp(prefix=f"efficientscale-live-{Path(recipe).stem}-"))
         out, log = home / "run", home / "log.txt"
-        recipe_path = DATA_DIR.parent / "recipes" / recipe
+        recipe_path = RECIPES_DIR / recipe
         if steps is None:
             cmd = ["pipeline", "--recipe", str(recipe_path), "--out", str(out), "--quiet"]
         else:
@@ -77,7 +77,7 @@ def start(recipe: str, steps: int | None) -> bool:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         with os.fdopen(fd, "wb") as f:
             proc = subprocess.Popen([sys.executable, "-m", "lab", *cmd], stdout=f, stderr=subprocess.STDOUT,
-                                    cwd=DATA_DIR.parent, start_new_session=True)
+                                    cwd=ROOT, start_new_session=True)
         job.update(proc=proc, dir=out, log=log, steps=steps, started=time.monotonic(), stopped=False,
                    shown_end=False, saved=None)
         return True
@@ -177,7 +177,7 @@ def render() -> None:
     st.markdown("Train a tiny recipe in the background (about a minute per 300 steps on two CPU cores), or run the "
                 "tiny EfficientScale pipeline, and watch the metrics arrive: the same `metrics.jsonl` any run writes.")
     c1, c2 = st.columns(2)
-    has_pipeline = (DATA_DIR.parent / "recipes" / PIPELINE_RECIPE).is_file()
+    has_pipeline = (RECIPES_DIR / PIPELINE_RECIPE).is_file()
     choice = c1.selectbox("what to run", [*RECIPES, *([PIPELINE] if has_pipeline else [])], key="live_recipe")
     steps = int(c2.number_input("steps", min_value=10, max_value=MAX_STEPS, value=100, step=10, key="live_steps",
                                 disabled=choice == PIPELINE, help="the pipeline's steps are its recipe's"))
