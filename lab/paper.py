@@ -27,3 +27,15 @@ TABLE6: tuple[Phase, ...] = (
     Phase("scale-out", 1024, 240, 32, 545, 25),
 )
 TABLE6_SCRATCH = Phase("from scratch", 1024, 240, 32, 5345, 25)
+
+# The paper's own values of the two sides (a, b) of the lab's claims (lab.experiments.claims), where the
+# paper gives numbers; the other claims come from a figure's curves or from He et al.'s text.
+CLAIM_NUMBERS: dict[str, tuple[float, float]] = {
+    "C1": (TABLE1_LOSS["fpi-width"], TABLE1_LOSS["source"]),
+    "C2": (TABLE1_LOSS["fpi-interpolate"], TABLE1_LOSS["fpi-stack"]),
+    "C3": (TABLE1_LOSS["aki-pro"], TABLE1_LOSS["aki-stack"]),
+    "C4": (max(TABLE1_LOSS[k] for k in ("fpi-stack", "fpi-interpolate", "aki-stack", "aki-pro")),
+           TABLE1_LOSS["random"]),
+    "C7": (TABLE2_LOSS["width-integer"], TABLE2_LOSS["width-noninteger"]),
+    "C8": (TABLE2_LOSS["width-noninteger"], TABLE2_LOSS["width-depth"]),
+}

@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 
 from lab import paths
+from lab.paper import CLAIM_NUMBERS
 
 EXPERIMENTS_DIR = paths.REFERENCE_RUNS_DIR / "experiments"
 CLAIMS_FILE = paths.DATA_DIR / "claims.json"
@@ -43,7 +44,8 @@ def per_seed_table(name: str, keys: list[str], base: int = 0, root: str | Path |
 
 
 def claims_table(ids: list[str], path: str | Path | None = None):
-    """The judged claims among `ids`: text, source, mean of each side, mean difference b - a, seeds, verdict."""
+    """The judged claims among `ids`: text, source, the paper's values of both sides (lab.paper, where it
+    gives numbers), the lab's mean of each side, mean difference b - a, seeds, verdict."""
     import pandas as pd
 
     path = Path(path or CLAIMS_FILE)
@@ -52,7 +54,9 @@ def claims_table(ids: list[str], path: str | Path | None = None):
     for e in entries:
         if e["id"] in ids:
             d = [b - a for a, b in zip(e["a_values"], e["b_values"])]
-            rows[e["id"]] = {"claim": e["text"], "source": e["paper"], "a (mean)": statistics.fmean(e["a_values"]),
-                             "b (mean)": statistics.fmean(e["b_values"]), "b - a (mean)": statistics.fmean(d),
-                             "seeds": len(d), "verdict": e["verdict"]}
+            paper = CLAIM_NUMBERS.get(e["id"])
+            rows[e["id"]] = {"claim": e["text"], "source": e["paper"],
+                             "paper: a / b": f"{paper[0]:g} / {paper[1]:g}" if paper else "(no number)",
+                             "a (mean)": statistics.fmean(e["a_values"]), "b (mean)": statistics.fmean(e["b_values"]),
+                             "b - a (mean)": statistics.fmean(d), "seeds": len(d), "verdict": e["verdict"]}
     return pd.DataFrame(rows).T
