@@ -86,3 +86,27 @@ def test_moe_under_two_processes(tmp_path):
     assert first["lm_loss"] == pytest.approx(one["lm_loss"], abs=1e-5)  # the same first step's LM loss
     assert first["aux_loss"] >= 1.0 - 1e-4 and first["z_loss"] > 0
     assert lab.load_pretrained(tmp_path / "two" / "final").config.n_experts == 4
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_another_number_of_processes(tmp_path):
+    """Two processes stop at step 3 and one process resumes to 6, and the other way round: both equal one
+    uninterrupted process (the checkpoint holds whole tensors, which any world size shards again)."""
+    recipe = tiny_recipe(train={"max_steps": 6, "eval_every": 3, "save_every": 3, "sample_tokens": 0})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    train(recipe, tmp_path / "one", progress=False)
+    reference = [r["loss"] for r in records(tmp_path / "one", "train")]
+
+    first = torchrun("--recipe", path, "--out", tmp_path / "two-then-one", "--max-steps", 3)
+    assert first.returncode == 0, first.stderr[-3000:]
+    train(recipe, tmp_path / "two-then-one", resume=True, progress=False)
+
+    train(recipe, tmp_path / "one-then-two", max_steps=3, progress=False)
+    second = torchrun("--recipe", path, "--out", tmp_path / "one-then-two", "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    for run in ("two-then-one", "one-then-two"):
+        losses = [r["loss"] for r in records(tmp_path / run, "train")]
+        assert [r["step"] for r in records(tmp_path / run, "train")] == list(range(1, 7)), run
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(reference), rtol=1e-5, atol=1e-6, msg=run)
