@@ -185,11 +185,12 @@ def check(out: Path) -> list[str]:
             problems.append(f"{out / name}/meta.json: no description")
         if not run.events("eval"):
             problems.append(f"{out / name}: no eval records")
-    from lab.experiments.runner import MEASUREMENTS_FILE
+    from lab.experiments.runner import MEASUREMENTS_FILE, STATE_FILE
     from lab.experiments.settings import SETTINGS_FILE
 
-    # Exported experiments (data/runs/experiments) keep their settings and per-seed measurements too.
-    small = (META_FILE, METRICS_FILE, "README.md", SETTINGS_FILE, MEASUREMENTS_FILE)
+    # Exported experiments (data/runs/experiments) keep their settings, per-seed measurements and per-seed
+    # state (which runs are done: lab.experiments.export) too.
+    small = (META_FILE, METRICS_FILE, "README.md", SETTINGS_FILE, MEASUREMENTS_FILE, STATE_FILE)
     heavy = [p for p in out.rglob("*") if p.is_file() and p.name not in small]
     problems += [f"{p}: not a metrics or meta file (no weights here)" for p in heavy]
     return problems
