@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 # url path -> (screenshot name, the page's title): every page of app.py's navigation.
 PAGES = {"": ("overview", "EfficientScale Lab"), "loss": ("loss_curves", "Loss curves"),
          "experts": ("expert_load", "Expert load"), "savings": ("compute_savings", "Compute savings"),
-         "growth": ("growth_explorer", "Growth explorer"), "live": ("live_run", "Live run")}
+         "details": ("run_details", "Run details"), "growth": ("growth_explorer", "Growth explorer"),
+         "live": ("live_run", "Live run")}
 # The README's picture: the reference runs' loss curves, or (without them) the paper's Table 6.
 README_PAGES = ("loss_curves", "compute_savings")
 
