@@ -43,6 +43,7 @@ from lab.derive import grow_model
 from lab.plots.curves import loss_figure
 from lab.plots.growth import init_loss_figure, layer_order_figure
 from lab.plots.layers import layer_similarity_figure
+from lab.teach.claims import claims_table, per_seed_table
 from lab.teach.controls import live_figure
 from lab.teach.display import setup_plotly
 from lab.train.evaluate import validation_losses
@@ -251,7 +252,26 @@ fig
 # `recipes/tiny.yaml` (loss 5.21), one run each, so a gap of a few hundredths between two rows says
 # nothing on its own. The paper's orderings are judged over seeds, from the pretrained source, with the
 # rule of `lab/experiments/claims.py`, in the seeded experiment `table1` (claims C1-C6 of
-# `data/claims.json`, with their per-seed values).
+# `data/claims.json`, with their per-seed values): section 7.
+#
+# ## 7. Table 1 over seeds: claims C1, C2, C4 and C6
+#
+# The seeded experiment `table1` (`python -m lab experiments run table1 --seeds 3`) grows the pretrained
+# source M(8, 128) to M(12, 256) by each of the paper's methods, evaluates each right after growth on the
+# whole validation split, and trains FPI + interpolation, AKI-Pro and the same shape from scratch for 200
+# steps (batches of 16 x 128 tokens, peak learning rate 1e-3; 3e-3 from scratch). Its values per seed, as
+# exported to `data/runs/experiments/seed-0/table1/`:
+
+# %%
+per_seed_table("table1", ["source/loss", "fpi-width/grown_loss", "fpi-stack/grown_loss", "fpi-interpolate/grown_loss",
+                          "aki-stack/grown_loss", "aki-pro/grown_loss", "random/grown_loss",
+                          "fpi-interpolate/trained_loss", "aki-pro/trained_loss", "random/trained_loss"])
+
+# %%
+claims_table(["C1", "C2", "C4", "C6"])
+
+# %% [markdown]
+# TABLE1_PROSE
 #
 # ## Exercises
 #

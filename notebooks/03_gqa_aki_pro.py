@@ -233,6 +233,20 @@ per_seed_table("table2", ["source/loss", "width-integer/grown_loss", "width-noni
 claims_table(["C7", "C8"])
 
 # %% [markdown]
+# And the two claims of Table 1 and Figure 3 about AKI, from the seeded experiment `table1` (notebook 02,
+# section 7, runs it): right after growth, AKI-Pro below AKI with stacking (C3); after 200 steps of
+# continued training, AKI-Pro below FPI with the same interpolation depth (C5):
+
+# %%
+per_seed_table("table1", ["aki-stack/grown_loss", "aki-pro/grown_loss", "fpi-interpolate/grown_loss",
+                          "fpi-interpolate/trained_loss", "aki-pro/trained_loss"])
+
+# %%
+claims_table(["C3", "C5"])
+
+# %% [markdown]
+# AKI_PROSE
+#
 # ## Exercises
 #
 # 1. Take an MHA model (`lab.ModelConfig(dim=64, n_layers=3, n_heads=4, n_kv_heads=4, ffn_dim=128)`) and
