@@ -233,3 +233,11 @@ def test_bookkeeping_fields_are_not_offered_as_metrics():
                         "lr": 1e-3}])
     offered = available_metrics([run])
     assert "stage_step" not in offered and {"loss", "lr"} <= set(offered)
+
+
+def test_loss_figure_by_wall_clock_with_one_hover_for_every_line():
+    runs = [make_run("a"), make_run("b", seed=1)]
+    fig = loss_figure(runs, x="time")
+    assert fig.layout.xaxis.title.text == "wall-clock time (s)"
+    assert list(fig.data[0].x) == series(runs[0], "loss", x="time")[0] and len(fig.data[0].x) > 0
+    assert fig.layout.hovermode == "x unified"  # every visible run's value at the pointer's step

@@ -45,6 +45,8 @@ def render() -> None:
            "validation loss": "mean cross-entropy over the shipped validation windows, per domain and their mean "
                               "(nats per token)",
            "tokens": "training tokens seen so far (batch x sequence length x steps, over every process)",
+           "wall-clock": "seconds since the run started (a pipeline's stages one after the other), as measured "
+                         "on the machine that trained it",
            "FLOPs": "training FLOPs so far: 6 x matmul parameters + 12 x layers x heads x head dim x sequence "
                     "length per token (PaLM's count; an MoE counts its top-k experts only)",
            "stage transition": "a growth (Scale-Up) or upcycling (Scale-Out) step inside a pipeline run"},
@@ -71,10 +73,11 @@ def render() -> None:
     c1, c2, c3 = st.columns(3)
     # A pipeline is compared with its baseline at equal training FLOPs (the paper's claim): FLOPs by default.
     pipeline = any(stage_boundaries(run) for run in chosen)
-    axes = ["step", "tokens", "flops"]
+    axes = ["step", "tokens", "flops", "time"]
+    names = {"flops": "FLOPs (log)", "time": "wall-clock"}
     restore("loss_x", one_of(axes))
     x = c1.radio("x axis", axes, horizontal=True, index=2 if pipeline else 0,
-                 format_func=lambda v: "FLOPs (log)" if v == "flops" else v, key="loss_x")
+                 format_func=lambda v: names.get(v, v), key="loss_x")
     metrics = available_metrics(chosen) or ["loss"]
     metrics = [m for m in metrics if m != "val_loss"] or metrics
     restore("loss_metric", one_of(metrics))

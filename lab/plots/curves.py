@@ -157,4 +157,7 @@ def loss_figure(runs: Sequence[Run], *, x: str = "step", metric: str = "loss",
         add_stage_marks(fig, runs, x, log_x)
     fig.update_xaxes(title=X_LABELS.get(x, x), type="log" if log_x else "linear")
     fig.update_yaxes(title=METRIC_LABELS.get(metric, metric), type="log" if log_y else "linear")
-    return finish(fig, title)
+    finish(fig, title)
+    # One hover box with every visible line's value at the pointer's x (the nearest point of each line).
+    fig.update_layout(hovermode="x unified")
+    return fig

@@ -23,7 +23,7 @@ HEATMAP_SCALE = "Viridis"
 BALANCE_SCALE = "RdBu_r"  # diverging: white at the uniform share
 TEMPLATE = "plotly_white"
 
-X_LABELS: dict[str, str] = {"step": "step", "tokens": "tokens seen", "flops": "training FLOPs", "time": "seconds"}
+X_LABELS: dict[str, str] = {"step": "step", "tokens": "tokens seen", "flops": "training FLOPs", "time": "wall-clock time (s)"}
 
 
 DASHES: tuple[str, ...] = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
