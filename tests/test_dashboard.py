@@ -385,3 +385,21 @@ def test_run_details_show_samples_transitions_and_configuration():
     assert_clean(at, "run details")
     assert any("66 * 84 =" in c.value for c in at.code)  # the arithmetic prompt and its continuation
     assert len(at.dataframe) == 1 and len(at.json) == 1
+
+
+def test_the_overview_filters_its_runs_table_by_group_stage_and_kind():
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()  # the shipped reference runs
+    everything = at.dataframe[0].value
+    at.radio(key="overview_kind").set_value("MoE only").run()
+    assert_clean(at, "MoE only")
+    moe = at.dataframe[0].value
+    assert 0 < len(moe) < len(everything) and moe["MoE"].all()
+    at.radio(key="overview_kind").set_value("dense only").run()
+    assert not at.dataframe[0].value["MoE"].any()
+    at.radio(key="overview_kind").set_value("every run").run()
+    at.multiselect(key="overview_groups").set_value(["growth"]).run()
+    growth = at.dataframe[0].value
+    assert len(growth) > 0 and all(run.startswith("growth/") for run in growth["run"])
+    at.multiselect(key="overview_groups").set_value([]).run()
+    at.multiselect(key="overview_stages").set_value(["scale-out"]).run()
+    assert all("scale-out" in stages for stages in at.dataframe[0].value["stages"])

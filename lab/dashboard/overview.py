@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lab.dashboard import sources
+from lab.dashboard.view_state import one_of, restore, some_of
 from lab.runs import Run
 
 
@@ -21,6 +22,29 @@ def summary(run: Run) -> dict:
             "description": str(run.meta.get("description", ""))}
 
 
+KINDS = ("every run", "MoE only", "dense only")
+
+
+def filtered(rows: list[dict]) -> list[dict]:
+    """The rows the filters above the table keep: by group (the runs directory's folders), by stage, MoE or dense."""
+    c1, c2, c3 = st.columns(3)
+    groups = sorted({r["group"] for r in rows})
+    stages = sorted({s for r in rows for s in r["stages"].split(" → ") if s})
+    restore("overview_groups", some_of(groups))
+    chosen_groups = c1.multiselect("groups", groups, key="overview_groups", placeholder="every group")
+    restore("overview_stages", some_of(stages))
+    chosen_stages = c2.multiselect("with a stage", stages, key="overview_stages", placeholder="any stage")
+    restore("overview_kind", one_of(KINDS))
+    kind = c3.radio("kind", KINDS, horizontal=True, key="overview_kind")
+    keep = [r for r in rows
+            if (not chosen_groups or r["group"] in chosen_groups)
+            and (not chosen_stages or set(chosen_stages) & set(r["stages"].split(" → ")))
+            and (kind == KINDS[0] or r["MoE"] == (kind == KINDS[1]))]
+    if len(keep) < len(rows):
+        st.caption(f"{len(keep)} of {len(rows)} runs shown")
+    return keep
+
+
 def render() -> None:
     st.title("EfficientScale Lab")
     st.markdown(
@@ -33,13 +57,13 @@ def render() -> None:
         "- **Run details**: the text each evaluation generated, a pipeline's transitions, a run's configuration.\n"
         "- **Growth explorer**: grow a small model live and see what each method preserves.\n"
         "- **Live run**: train a tiny recipe or the tiny pipeline in the background and watch its metrics.\n\n"
-        "Each page says what it shows and which notebook explains it.")
+        "Each page says what it shows and which notebook explains it; a run's configuration is on **Run details**.")
     runs = sources.catalog()
     if not runs:
         sources.no_runs_message()
         return
     st.subheader(f"Runs in `{sources.runs_root()}`")
-    rows = [summary(r) for r in runs.values()]
+    rows = filtered([summary(r) | {"group": sources.group_of(label)} for label, r in runs.items()])
     # Descriptions are whole sentences: the column wraps them rather than cutting them off.
     st.dataframe(rows, hide_index=True, width="stretch", height=min(38 + 35 * len(rows), 600),
                  column_config={"description": st.column_config.TextColumn(width="large")})
