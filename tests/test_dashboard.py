@@ -403,3 +403,13 @@ def test_the_overview_filters_its_runs_table_by_group_stage_and_kind():
     at.multiselect(key="overview_groups").set_value([]).run()
     at.multiselect(key="overview_stages").set_value(["scale-out"]).run()
     assert all("scale-out" in stages for stages in at.dataframe[0].value["stages"])
+
+
+def test_a_run_keeps_its_colour_whatever_else_is_selected(root):
+    at = visit(app(root), "loss_curves")
+    at.multiselect(key="loss_runs").set_value(["efficientscale-tiny-baseline", "routing/topk-softmax"]).run()
+    first = {t["name"]: (t["line"]["color"], t["line"]["dash"]) for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    at.multiselect(key="loss_runs").set_value(["routing/topk-softmax"]).run()
+    alone = {t["name"]: (t["line"]["color"], t["line"]["dash"]) for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    assert alone["routing/topk-softmax"] == first["routing/topk-softmax"]
+    assert first["routing/topk-softmax"] != first["efficientscale-tiny-baseline"]

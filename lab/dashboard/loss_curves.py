@@ -18,10 +18,11 @@ REFRESH_S = 5
 
 
 def charts(labels: list[str], x: str, metric: str, smoothing: float, mark: bool, log_x: bool, log_y: bool) -> None:
-    runs = [r for label, r in sources.catalog().items() if label in labels]
+    found = sources.catalog()
+    runs = [r for label, r in found.items() if label in labels]
     if not runs:
         return
-    axes = dict(x=x, mark_stages=mark, log_x=log_x, log_y=log_y)
+    axes = dict(x=x, mark_stages=mark, log_x=log_x, log_y=log_y, style_index=sources.style_index(found))
     st.plotly_chart(loss_figure(runs, metric=metric, smoothing=smoothing, title=METRIC_LABELS.get(metric, metric),
                                 **axes), width="stretch", key="main")
     domains = val_domains(runs)

@@ -215,6 +215,14 @@ def groups(runs: dict[str, Run]) -> dict[str, list[str]]:
     return out
 
 
+def style_index(found: dict[str, Run]):
+    """run -> its place among every run the dashboard found (`found`, the catalog): the index of its colour
+    and dash, the same on every page and whatever else is selected (lab.plots.curves.loss_figure's
+    `style_index`)."""
+    places = {label: i for i, label in enumerate(found)}
+    return lambda run: places.get(run.name, len(places))
+
+
 def default_runs(runs: dict[str, Run], prefer: Sequence[str], fallback: int = 3) -> list[str]:
     """The labels of `prefer` present in `runs`, else the first `fallback` labels."""
     present = [p for p in prefer if p in runs]

@@ -9,7 +9,7 @@ through Scale-Up and Scale-Out, AquilaMoE Figure 1). FLOPs are drawn on a log ax
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import plotly.graph_objects as go
 
@@ -124,23 +124,30 @@ def add_stage_marks(fig: go.Figure, runs: Sequence[Run], x: str, log_x: bool, ro
 
 def loss_figure(runs: Sequence[Run], *, x: str = "step", metric: str = "loss",
                 domains: Sequence[str] | None = None, smoothing: float = 0.0, mark_stages: bool = True,
-                log_x: bool | None = None, log_y: bool = False, title: str | None = None) -> go.Figure:
+                log_x: bool | None = None, log_y: bool = False, title: str | None = None,
+                style_index: Callable[[Run], int] | None = None) -> go.Figure:
     """One metric of several runs overlaid against step, tokens, FLOPs or time.
 
     `metric="val_loss"` draws one line per (run, domain) for `domains` (default: all found); any other
     metric one line per run. `smoothing` in [0, 1) is the EMA weight; the raw values stay visible,
     faint, behind the smoothed line. `log_x` defaults to True for FLOPs. Stage boundaries of pipeline
-    runs are marked when `mark_stages`.
+    runs are marked when `mark_stages`. `style_index(run)` picks each run's colour and dash (default: its
+    place in `runs`); indices that are distinct and do not depend on the selection (the dashboard's: the
+    run's place among all runs found) keep a run's look the same from one figure to the next.
     """
     log_x = (x == "flops") if log_x is None else log_x
+
+    def index(position: int, run: Run) -> int:
+        return position if style_index is None else style_index(run)
+
     fig = go.Figure()
     # Per-domain lines: the colour names the domain, the dash the run; otherwise the colour names the run.
     if metric == "val_loss":
         wanted = list(domains) if domains is not None else val_domains(runs)
-        lines = [(run, d, f"{run.name} · {d}" if len(runs) > 1 else d, named_color(d, k), *run_line(r))
+        lines = [(run, d, f"{run.name} · {d}" if len(runs) > 1 else d, named_color(d, k), *run_line(index(r, run)))
                  for r, run in enumerate(runs) for k, d in enumerate(wanted)]
     else:
-        lines = [(run, None, run.name, *run_color_dash(r), "circle") for r, run in enumerate(runs)]
+        lines = [(run, None, run.name, *run_color_dash(index(r, run)), "circle") for r, run in enumerate(runs)]
     for run, domain, name, c, dash, symbol in lines:
         xs, ys, stages = series(run, metric, x=x, domain=domain)
         if not xs:
