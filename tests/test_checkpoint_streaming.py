@@ -46,3 +46,17 @@ def test_written_shapes_follow_the_target_config(tmp_path):
             write_lab_checkpoint(tmp_path / "out", bigger, src.tensor)
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+@pytest.mark.parametrize("kind", ["llama", "mixtral"])
+def test_rows_read_only_the_slice_and_equal_the_whole_tensors_rows(kind, tmp_path):
+    """What a process of a sharded run reads (lab.train.setup.load_shards): rows of a tensor, or experts of
+    a stacked expert weight, equal to the same rows of the whole tensor, at any cut, even an empty one."""
+    tiny_hf_model(kind, seed=4).save_pretrained(tmp_path / "src")
+    with CheckpointSource(tmp_path / "src") as src:
+        for name, shape in src.shapes.items():
+            whole = src.tensor(name)
+            for start, stop in ((0, shape[0]), (0, (shape[0] + 1) // 2), ((shape[0] + 1) // 2, shape[0]),
+                                (shape[0], shape[0] + 3)):
+                torch.testing.assert_close(src.rows(name, start, stop), whole[start:stop], rtol=0, atol=0,
+                                           msg=f"{name}[{start}:{stop}]")

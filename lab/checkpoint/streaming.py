@@ -61,6 +61,19 @@ class CheckpointSource:
     def tokenizer_files(self) -> list[Path]:
         return tokenizer_files(self.path)
 
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows `start:stop` (first dimension) of `tensor(name)`, reading only them: a stacked expert weight's
+        rows are experts, read one file tensor each."""
+        if name == "lm_head.weight" and self.config.tie_embeddings:
+            name = "tok_embeddings.weight"
+        if name not in self._maps:
+            raise KeyError(f"{self.path}: the model has no parameter {name!r}")
+        tmap, shape = self._maps[name], self.shapes[name]
+        if not tmap.stacked:
+            return self._reader.get_rows(tmap.hf[0], shape, start, stop)
+        experts = [self._reader.get(tmap.hf[e], shape[1:]) for e in range(start, min(stop, shape[0]))]
+        return torch.stack(experts) if experts else torch.empty((0, *shape[1:]), dtype=self.dtype)
+
     def unused_keys(self) -> list[str]:
         """The checkpoint's tensors the lab's model does not read (a warning's matter, not an error)."""
         known = {key for tmap in self._maps.values() for key in tmap.hf}

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lab import data, distributed
-from lab.checkpoint import load_pretrained, read_config
+from lab.checkpoint import CheckpointSource, load_pretrained, read_config
 from lab.checkpoint.io import check_output_apart
 from lab.config import ModelConfig
 from lab.distributed import DistInfo
@@ -114,12 +114,27 @@ def build_model(recipe: Recipe, cfg: ModelConfig, resume_from: Path | None, *, k
     """The model at the run's first step: a checkpoint's weights, or a fresh one seeded by the recipe.
 
     Checkpoints are read onto the run's device directly (`load_pretrained` builds on the meta device
-    and assigns the tensors read: one copy in memory). A fresh model with `hardware.meta_init` on is
+    and assigns the tensors read: one copy in memory); under FSDP2 (`keep_meta`) a checkpoint's model
+    stays on meta too, and `place_model` loads each process's shards only (`load_shards`). A fresh model with `hardware.meta_init` on is
     built on the meta device and materialised on the run's device (`materialize`); `keep_meta` leaves
     it on meta, for `place_model` to shard first and then materialise each process's shard only.
     Then `configure` applies activation checkpointing and per-block compilation.
     """
     device = distributed.current_device(recipe.hardware.device)
+    if keep_meta and (resume_from is not None or recipe.init_from is not None):
+        # Sharded: the model stays on meta; `place_model` shards it, then each process reads the checkpoint
+        # one tensor at a time and keeps its shard (`load_shards`), never the whole model.
+        source = resume_from if resume_from is not None else recipe.init_from
+        with CheckpointSource(source) as checkpoint:  # its config, with the dtype its tensors are stored in
+            stored = checkpoint.config
+        # As load_pretrained would: a resume keeps the stored dtype and the run's dispatch, a start from a
+        # checkpoint trains on fp32 master weights.
+        meta_cfg = (stored.replace(moe_dispatch=cfg.moe_dispatch) if resume_from is not None
+                    else stored.replace(dtype="float32"))
+        with torch.device("meta"):
+            model = DecoderLM(meta_cfg)
+        model.weights_from = Path(source)
+        return configure(model, recipe)
     if resume_from is not None:
         model = load_pretrained(resume_from, moe_dispatch=cfg.moe_dispatch, device=device)
     elif recipe.init_from is not None:
@@ -190,9 +205,37 @@ def place_model(model: DecoderLM, recipe: Recipe, info: DistInfo) -> torch.nn.Mo
     """
     bf16 = recipe.train.precision == "bf16"
     if any(p.is_meta for p in model.parameters()):
+        source = getattr(model, "weights_from", None)
         model = distributed.shard(model.train(), info, bf16=bf16)
+        if source is not None:
+            return load_shards(model, source, info.device)
         return materialize(model, info.device, recipe.seed)
     return distributed.shard(model.to(info.device).train(), info, bf16=bf16)
+
+
+def load_shards(model: DecoderLM, path: Path, device: torch.device) -> DecoderLM:
+    """Give a model sharded on the meta device (FSDP2, DTensor parameters) the weights of the checkpoint
+    `path`: each process reads from the safetensors files only the rows it owns (FSDP2 shards the first
+    dimension), so its memory holds its shard, never the whole model. The same values as `load_pretrained`
+    followed by sharding (tested by runs resumed on another number of processes)."""
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    model.to_empty(device=device)
+    with CheckpointSource(path) as source, torch.no_grad():
+        for name, p in model.named_parameters():
+            if isinstance(p, DTensor) and all(isinstance(pl, Shard) and pl.dim == 0 for pl in p.placements):
+                # FSDP2 shards rows: read this process's rows only (its slice of the file, nothing else).
+                local_shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+                rows = source.rows(name, offset[0], offset[0] + local_shape[0]).to(dtype=p.dtype)
+                p.to_local()[: rows.shape[0]].copy_(rows)
+            elif isinstance(p, DTensor):  # another layout: read the whole tensor, keep the shard
+                whole = source.tensor(name).to(device=device, dtype=p.dtype)
+                # src_data_rank=None: every process read `whole` itself; each keeps its shard, no communication.
+                p.to_local().copy_(distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None).to_local())
+            else:
+                p.copy_(source.tensor(name).to(dtype=p.dtype))
+    return model
 
 
 def adamw(model, lr: float, *, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8,
