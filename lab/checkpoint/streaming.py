@@ -64,11 +64,7 @@ class CheckpointSource:
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows `start:stop` (first dimension) of `tensor(name)`, reading only them: a stacked expert weight's
         rows are experts, read one file tensor each."""
-        if name == "lm_head.weight" and self.config.tie_embeddings:
-            name = "tok_embeddings.weight"
-        if name not in self._maps:
-            raise KeyError(f"{self.path}: the model has no parameter {name!r}")
-        tmap, shape = self._maps[name], self.shapes[name]
+        tmap, shape = self._lookup(name)
         if not tmap.stacked:
             return self._reader.get_rows(tmap.hf[0], shape, start, stop)
         experts = [self._reader.get(tmap.hf[e], shape[1:]) for e in range(start, min(stop, shape[0]))]
@@ -80,12 +76,16 @@ class CheckpointSource:
         known |= set(filler_tensors(self.config, self.model_type)) | {"lm_head.weight"}
         return [key for key in self._reader.weight_map if key not in known and not _ignorable(key)]
 
-    def tensor(self, name: str, expert: int | None = None) -> torch.Tensor:
+    def _lookup(self, name: str):
+        """(the tensor map, the lab shape) of parameter `name`; a tied head reads the embedding."""
         if name == "lm_head.weight" and self.config.tie_embeddings:
             name = "tok_embeddings.weight"
         if name not in self._maps:
             raise KeyError(f"{self.path}: the model has no parameter {name!r}")
-        tmap, shape = self._maps[name], self.shapes[name]
+        return self._maps[name], self.shapes[name]
+
+    def tensor(self, name: str, expert: int | None = None) -> torch.Tensor:
+        tmap, shape = self._lookup(name)
         if not tmap.stacked:
             return self._reader.get(tmap.hf[0], shape)
         if expert is not None:
