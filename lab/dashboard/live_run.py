@@ -100,11 +100,15 @@ def running() -> bool:
     return _running(_job())
 
 
+def last_step(runs: list) -> int:
+    return max((r["step"] for run in runs for r in run.events("train")), default=0)
+
+
 def status(job: dict, runs: list) -> str:
     """The job in words: running (step, tokens/s, time left), finished, stopped as asked, or failed."""
     proc, steps = job["proc"], job.get("steps")
     train = [r for run in runs for r in run.events("train")]
-    step = max((r["step"] for r in train), default=0)
+    step = last_step(runs)
     if proc.poll() is None:
         if steps is None or not train:
             return "running"
@@ -149,9 +153,8 @@ def watch() -> None:
     runs = [r for r in runs if r.metrics.records]
     said = status(job, runs)
     steps = job.get("steps")
-    if proc.poll() is None and steps and said.startswith("running: step"):
-        step = int(said.split("step ")[1].split(" ")[0])
-        st.progress(min(1.0, step / steps), text=said)
+    if proc.poll() is None and steps and last_step(runs):
+        st.progress(min(1.0, last_step(runs) / steps), text=said)
     st.caption(f"`{out}`: {said}")
     if not runs:
         st.info("waiting for the first records (a run evaluates before its first step)...")
