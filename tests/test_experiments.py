@@ -352,7 +352,7 @@ def test_list_names_every_experiment_and_its_defaults(capsys):
     out = capsys.readouterr().out
     for name in MODULES:
         assert f"{name}: " in out
-    assert "baseline_lrs" in out and "[0.001, 0.002, 0.004]" in out
+    assert "baseline_lrs" in out and "[0.0005, 0.001, 0.002]" in out
 
 
 def test_export_keeps_metrics_meta_and_measurements_only(tmp_path, table1_dir, capsys):
