@@ -136,6 +136,37 @@ def test_savings_page_shows_the_paper_factors_and_follows_edits(root):
     assert metric(at, "time savings") == "4.12×" and metric(at, "compute savings") == "3.35×"
 
 
+def test_savings_edits_survive_a_page_switch_and_travel_in_the_url(root):
+    """Before: an edit of Table 6 was lost on leaving the page, and no link could carry it."""
+    at = visit(app(root), "compute_savings")
+    at.session_state["table6-0"] = {"edited_rows": {3: {"tokens (B)": 2 * TABLE6_SCRATCH.tokens_b}},
+                                    "added_rows": [], "deleted_rows": []}
+    at.run()
+    edited = metric(at, "compute savings")
+    assert edited != "3.35×"
+    url = at.query_params["table6_edits"]
+    url = url[0] if isinstance(url, list) else url
+    assert json.loads(url) == {TABLE6_SCRATCH.name: {"tokens (B)": 2 * TABLE6_SCRATCH.tokens_b}}
+    at = visit(visit(at, "overview"), "compute_savings")
+    assert_clean(at, "savings again")
+    assert metric(at, "compute savings") == edited
+    # A shared link draws the same table; a hand-edited one (a cell out of range) is ignored.
+    for value, expected in ((url, edited), (json.dumps({TABLE6_SCRATCH.name: {"devices": 0}}), "3.35×")):
+        shared = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+        shared.session_state[sources.RUNS_DIR_KEY] = str(root)
+        shared.run().switch_page("lab/dashboard/compute_savings.py")
+        shared.query_params["table6_edits"] = value
+        shared.run()
+        assert_clean(shared, "savings from a link")
+        assert metric(shared, "compute savings") == expected
+    next(b for b in at.button if "reset" in b.label).click().run()
+    assert metric(at, "compute savings") == "3.35×"
+    after = at.query_params["table6_edits"]
+    assert json.loads(after[0] if isinstance(after, list) else after) == {}
+    at = visit(visit(at, "overview"), "compute_savings")
+    assert metric(at, "compute savings") == "3.35×"
+
+
 def test_savings_page_refuses_an_out_of_range_cell(root):
     at = visit(app(root), "compute_savings")
     at.session_state["table6-0"] = {"edited_rows": {0: {"devices": 0}}, "added_rows": [], "deleted_rows": []}

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import streamlit as st
 
-from lab.dashboard import measured, sources
+from lab.dashboard import measured, sources, view_state
 from lab.dashboard.page_intro import intro
 from lab.flops import Phase, savings, scratch_phase
 from lab.paper import TABLE6, TABLE6_SCRATCH
@@ -19,6 +19,9 @@ from lab.plots.savings import savings_figure
 
 TABLE_KEY = "table6"
 VERSION_KEY = "table6_version"
+# The cells edited away from the paper's figures, {phase: {column: value}}: the part of the table's view
+# that is remembered across pages and written to the URL (the editor's own state is per version).
+EDITS_KEY = "table6_edits"
 # column: (Phase field, min, max); the bounds keep every figure positive and finite.
 COLUMNS = {"devices": ("devices", 1, 1_000_000), "TFLOP/s per device": ("tflops_per_device", 1e-9, 1e4),
            "model (B)": ("params_b", 1e-9, 1e5), "tokens (B)": ("tokens_b", 1e-12, 1e6),
@@ -43,6 +46,31 @@ def rows_to_phases(rows: list[dict]) -> list[Phase] | str:
     return phases
 
 
+def edits_between(paper: list[dict], rows: list[dict]) -> dict[str, dict[str, float]]:
+    """The cells of `rows` that differ from the paper's, by phase and column."""
+    edits: dict[str, dict[str, float]] = {}
+    for before, after in zip(paper, rows):
+        changed = {col: after[col] for col in COLUMNS if after.get(col) != before[col]}
+        if changed:
+            edits[str(before["phase"])] = changed
+    return edits
+
+
+def with_edits(paper: list[dict], edits: dict[str, dict[str, float]]) -> list[dict]:
+    return [{**row, **edits.get(str(row["phase"]), {})} for row in paper]
+
+
+def valid_edits(phases: list[str]):
+    """A check for `view_state.restore`: edits of known phases and columns, each a number in its column's range."""
+    def allowed(value) -> bool:
+        return isinstance(value, dict) and all(
+            phase in phases and isinstance(cells, dict) and all(
+                col in COLUMNS and view_state.number_in(*COLUMNS[col][1:], int if col == "devices" else float)(v)
+                for col, v in cells.items())
+            for phase, cells in value.items())
+    return allowed
+
+
 def show_factors(phases: list[Phase], scratch: Phase, key: str) -> None:
     time_factor, compute_factor = savings(phases, scratch)
     c1, c2 = st.columns(2)
@@ -54,15 +82,21 @@ def show_factors(phases: list[Phase], scratch: Phase, key: str) -> None:
 def paper_table() -> None:
     st.subheader("The paper's figures (Table 6)")
     # The editor keeps its edits under its key; a reset gives it a new key, so no old edit comes back.
+    paper = phase_rows([*TABLE6, TABLE6_SCRATCH])
     version = st.session_state.setdefault(VERSION_KEY, 0)
+    view_state.restore(EDITS_KEY, valid_edits([row["phase"] for row in paper]))
     if st.button("reset to the paper's figures"):
         st.session_state.pop(f"{TABLE_KEY}-{version}", None)
         version = st.session_state[VERSION_KEY] = version + 1
+        st.session_state[EDITS_KEY] = {}
     config = {col: st.column_config.NumberColumn(col, min_value=low, max_value=high, required=True, format="%.4g")
               for col, (_, low, high) in COLUMNS.items()}
     config["phase"] = st.column_config.TextColumn("phase", disabled=True)
-    edited = st.data_editor(phase_rows([*TABLE6, TABLE6_SCRATCH]), key=f"{TABLE_KEY}-{version}", num_rows="fixed",
-                            hide_index=True, column_config=config, width="stretch")
+    # The editor starts from the remembered edits; a keyed editor of fixed rows keeps its own edits when only
+    # the values it is given change, and applies them on top (the same cells, the same values).
+    edited = st.data_editor(with_edits(paper, st.session_state.get(EDITS_KEY, {})), key=f"{TABLE_KEY}-{version}",
+                            num_rows="fixed", hide_index=True, column_config=config, width="stretch")
+    st.session_state[EDITS_KEY] = edits_between(paper, edited)
     phases = rows_to_phases(edited)
     if isinstance(phases, str):
         st.error(phases)
@@ -79,10 +113,13 @@ def from_run() -> None:
     labels = list(runs)
     default = next((i for i, l in enumerate(labels) if len(measured.phases_from_run(runs[l])) > 1), 0)
     c1, c2 = st.columns(2)
+    view_state.restore("savings_run", view_state.one_of(labels))
     label = c1.selectbox("pipeline run", labels, index=default, key="savings_run")
     phases = measured.phases_from_run(runs[label])
     baseline_labels = [l for l in labels if l != label]
-    base = c2.selectbox("from scratch", ["the last stage's model and throughput on all tokens"] + baseline_labels,
+    base_options = ["the last stage's model and throughput on all tokens"] + baseline_labels
+    view_state.restore("savings_baseline", view_state.one_of(base_options))
+    base = c2.selectbox("from scratch", base_options,
                         index=next((i + 1 for i, l in enumerate(baseline_labels) if "baseline" in l), 0),
                         key="savings_baseline")
     scratch = scratch_phase(phases)
