@@ -67,12 +67,12 @@ sources: $(STAMP)
 	  $(PY) -m lab sources export $$out --out data/sources/$$name --recipe recipes/$$name.yaml --force || exit 1; \
 	done
 
-# The four experiments over seeds 0-2 from data/sources/source-deep, exported without weights to
+# The seeded experiments over seeds 0-2 from data/sources/source-deep, exported without weights to
 # data/runs/experiments, judged into data/claims.json; then seeds 1000-1002 into data/claims-seed-1000.json,
 # the check that other seeds give no claim the opposite verdict. Run it again after an interruption; on a
 # machine without runs/experiments it starts from the committed exports (measured seeds are skipped, a
 # seed exported half-way runs only what it lacks).
-EXPERIMENTS := table2 upcycle table1 pipeline
+EXPERIMENTS := table2 upcycle table1 pipeline balance msg llama_pro
 experiments: $(STAMP)
 	test -f data/sources/source-deep/config.json || $(MAKE) sources
 	for base in 0 1000; do \

@@ -23,17 +23,19 @@ ROPE_SCALINGS = {
 MOE_DISPATCHES = ("grouped", "reference")
 # How the MoE layers' auxiliary losses (load balancing and z-loss) become one term of the training loss.
 ROUTER_LOSS_AGGREGATIONS = ("mean", "sum")
+# How the experts' load is balanced: the load-balancing loss, a routing bias (aux-loss-free), or nothing.
+BALANCES = ("aux_loss", "aux_free", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 _INT_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "max_seq_len",
                "sliding_window", "n_experts", "top_k", "moe_ffn_dim", "shared_expert_ffn_dim")
 _OPTIONAL_FIELDS = ("n_kv_heads", "head_dim", "sliding_window", "moe_ffn_dim")
-_FLOAT_FIELDS = ("rope_theta", "norm_eps", "aux_loss_coef", "z_loss_coef")
+_FLOAT_FIELDS = ("rope_theta", "norm_eps", "aux_loss_coef", "z_loss_coef", "balance_bias_rate")
 _LARGEST_SIZE = 2**31 - 1
 _LARGEST = {"n_layers": 4096, "n_experts": 65536}
 _BOOL_FIELDS = ("qkv_bias", "tie_embeddings")
-_STR_FIELDS = ("dtype", "routing", "router_loss_aggregation", "moe_dispatch")
+_STR_FIELDS = ("dtype", "routing", "router_loss_aggregation", "moe_dispatch", "balance")
 
 
 def dtype_name(dtype) -> str:
@@ -97,6 +99,14 @@ class ModelConfig:
     # layers' losses are averaged first, so a model of n MoE layers gets 1/n of that pressure. "mean" is
     # the default because configs and checkpoints written before this field existed were trained so.
     router_loss_aggregation: str = "mean"
+    # How the experts' load is kept even (lab.moe): "aux_loss" adds aux_loss_coef x the load-balancing loss
+    # to the training loss (Switch Transformers; the default, what every earlier config means); "aux_free"
+    # adds a per-expert bias to the router's probabilities for choosing the top-k only, moved by
+    # balance_bias_rate x sign(mean load - load) after every optimizer step (DeepSeek-V3, arXiv 2412.19437;
+    # Wang et al. 2024, arXiv 2408.15664), and no load-balancing loss; "none" does neither. The load-balancing
+    # loss is still computed and reported under all three; the z-loss applies under all three.
+    balance: str = "aux_loss"
+    balance_bias_rate: float = 0.001
     # How tokens reach experts: "grouped" (sorted by expert, grouped matmul) or "reference" (a plain
     # loop over experts, the readable version the grouped path is tested against).
     moe_dispatch: str = "grouped"
@@ -181,6 +191,8 @@ class ModelConfig:
         require(self.z_loss_coef >= 0, "z_loss_coef", "must be >= 0")
         require(self.router_loss_aggregation in ROUTER_LOSS_AGGREGATIONS, "router_loss_aggregation",
                 f"must be one of {ROUTER_LOSS_AGGREGATIONS}")
+        require(self.balance in BALANCES, "balance", f"must be one of {BALANCES}")
+        require(self.balance_bias_rate >= 0, "balance_bias_rate", "must be >= 0")
         if self.n_experts == 0:
             require(self.moe_layers is None or len(self.moe_layers) == 0, "moe_layers",
                     "must be empty for a dense model (n_experts=0)")
@@ -237,7 +249,9 @@ class ModelConfig:
 
 
 # Fields added after runs were recorded, each with the value that reproduces what those runs computed.
-FIELDS_ADDED_LATER = {"router_loss_aggregation": "mean", "tokens": None, "placement": "first"}
+FIELDS_ADDED_LATER = {"router_loss_aggregation": "mean", "tokens": None, "placement": "first",
+                      "trainable": "all", "shared_experts": 0, "balance": "aux_loss", "balance_bias_rate": 0.001,
+                      "domains": None}
 
 
 def without_later_defaults(values: Any) -> Any:

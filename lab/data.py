@@ -144,6 +144,19 @@ def load_tokens(split: str, *, corpus: str | os.PathLike | None = None, tokenize
     return _encode_split(split, corpus, tokenizer, eos_id(tokenizer))
 
 
+def chosen_domains(available, wanted) -> list[str]:
+    """The domains a run trains on, in the order of `available` (the training data's): all of them when
+    `wanted` is None (a recipe's `data.domains`), else those named, each of which must be there."""
+    available = list(available)
+    if wanted is None:
+        return available
+    unknown = [d for d in wanted if d not in available]
+    if unknown:
+        raise LabError(f"recipe data.domains: {unknown[0]!r} is not a domain of the training data "
+                       f"(it has {', '.join(available)})")
+    return [d for d in available if d in wanted]
+
+
 def _step_seed(seed: int, step: int) -> int:
     """A 63-bit generator seed from (seed, step): neighbouring steps get unrelated streams."""
     digest = hashlib.sha256(f"lab.data/{seed}/{step}".encode()).digest()

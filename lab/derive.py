@@ -26,13 +26,15 @@ from typing import Callable
 
 import torch
 
-from lab.checkpoint.hf_config import hf_model_type
+from lab.checkpoint.hf_config import INSERTED_LAYERS, hf_model_type
 from lab.checkpoint.io import check_output_dir
 from lab.checkpoint.model_card import model_card, plan_details
 from lab.checkpoint.streaming import CheckpointSource, MakeTensor, write_lab_checkpoint
 from lab.config import ModelConfig, dtype_name
 from lab.errors import LabError
+from lab.growth.depth import inserted_copies
 from lab.growth.plan import GrowthPlan
+from lab.growth.msg import MaskedGrowthTensors
 from lab.growth.transform import GrowthTensors
 from lab.model import parameter_shapes
 from lab.upcycle.plan import UpcyclePlan, upcycle_config
@@ -104,9 +106,24 @@ def growth_rule(plan: GrowthPlan, where: str = "the model") -> Rule:
         if mismatch:
             raise LabError(f"{where}: the plan was made for another source ({mismatch[0]} "
                            f"{getattr(plan.source, mismatch[0])} != {getattr(source, mismatch[0])})")
-        return plan.target, GrowthTensors(plan, read)
+        if plan.method == "msg":  # masked growth: its own rule, and a target config that records the masks
+            masked = MaskedGrowthTensors(plan, read)
+            return with_inserted_layers(masked.target, masked.new_layers), masked
+        make = GrowthTensors(plan, read)
+        return with_inserted_layers(plan.target, inserted_copies(make.order)), make
 
     return rule
+
+
+def with_inserted_layers(cfg: ModelConfig, inserted: set[int]) -> ModelConfig:
+    """A copy of `cfg` that records the decoder layers depth growth inserted (config.json's `inserted_layers`),
+    the blocks `train.trainable: new-blocks` trains (LLaMA-Pro, Wu et al. 2024, arXiv 2401.02415). A record
+    the source carried is replaced: its layer indices mean nothing after another growth."""
+    target = cfg.replace()
+    target.extra.pop(INSERTED_LAYERS, None)
+    if inserted:
+        target.extra[INSERTED_LAYERS] = sorted(inserted)
+    return target
 
 
 def grow_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathLike, plan: GrowthPlan, *,
@@ -152,10 +169,14 @@ def upcycle_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathL
     """Write the upcycled MoE of the dense checkpoint `source_dir` to `output_dir` (mixtral or qwen2_moe,
     as `hf_model_type` decides), with the source's dtype and tokenizer files. `command` (what the user
     ran) goes into the model card."""
-    card = {"title": f"{Path(output_dir).name}: upcycled to {plan.n_experts} experts, top-{plan.top_k}",
+    shared = (f", with {plan.shared_experts} of the dense MLP's {plan.granularity} slices as one always-on "
+              "shared expert (DeepSeekMoE arXiv 2401.06066, Qwen2-MoE)" if plan.shared_experts else "")
+    card = {"title": f"{Path(output_dir).name}: upcycled to {plan.n_experts} experts, top-{plan.top_k}"
+                     + (f", {plan.shared_experts} shared" if plan.shared_experts else ""),
             "summary": (f"Sparse upcycling (Scale-Out; Komatsuzaki et al. 2023, He et al. 2024) of the dense "
-                        f"`{source_dir}`. Continue pretraining before use."),
-            "tags": ("moe", "sparse-upcycling"), "details": {"upcycling plan": plan_details(plan)},
+                        f"`{source_dir}`{shared}. Continue pretraining before use."),
+            "tags": ("moe", "sparse-upcycling", *(("shared-experts",) if plan.shared_experts else ())),
+            "details": {"upcycling plan": plan_details(plan)},
             "command": command}
     return derive_checkpoint(source_dir, output_dir, upcycle_rule(plan), card=card, overwrite=overwrite,
                              max_shard_size=max_shard_size, progress=progress)

@@ -15,6 +15,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(dim, ffn_dim, bias=False)
         self.up_proj = nn.Linear(dim, ffn_dim, bias=False)
         self.down_proj = nn.Linear(ffn_dim, dim, bias=False)
+        self.register_buffer("msg_mask", None, persistent=False)  # (F,) during an MSG ramp (lab.msg_masks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        if self.msg_mask is not None:  # MSG: new intermediate units add c times their output
+            h = h * self.msg_mask
+        return self.down_proj(h)

@@ -22,6 +22,7 @@ from lab.config import ModelConfig
 from lab.kv_cache import KVCache
 from lab.mlp import MLP
 from lab.moe import MoE, MoEStats, aggregate_layer_losses
+from lab.msg_masks import attach_masks
 
 
 class RMSNorm(nn.Module):
@@ -31,11 +32,15 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.register_buffer("msg_mask", None, persistent=False)  # during an MSG ramp only (lab.msg_masks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        mean_square = x.pow(2).mean(-1, keepdim=True)
+        if self.msg_mask is not None:  # MSG: the mean over the masked width, sum(mask) units (exactly 1.0 at mask 1)
+            mean_square = mean_square * (x.shape[-1] / self.msg_mask.float().sum())
+        x = x * torch.rsqrt(mean_square + self.eps)
         return self.weight * x.to(dtype)
 
 
@@ -105,6 +110,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.register_buffer("msg_mask", None, persistent=False)  # (H, 1, 1) during an MSG ramp (lab.msg_masks)
 
     def forward(self, x, cos, sin, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -129,6 +135,8 @@ class Attention(nn.Module):
             v = v[:, :, None].expand(B, self.n_kv_heads, groups, S, self.head_dim).reshape(B, self.n_heads, S, -1)
             gqa = False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)  # (B, H, T, hd)
+        if self.msg_mask is not None:  # MSG: new heads add c times their output
+            y = y * self.msg_mask
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -141,21 +149,27 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer)
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg.dim, cfg.ffn_dim)
+        # (D,) during an MSG ramp: scales what the block adds to the residual stream (lab.msg_masks)
+        self.register_buffer("msg_mask", None, persistent=False)
 
     def forward(self, x, cos, sin, cache=None) -> tuple[torch.Tensor, MoEStats | None]:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+        x = x + self._masked(self.attn(self.attn_norm(x), cos, sin, cache))
         h = self.mlp_norm(x)
         if isinstance(self.mlp, MoE):
             h, stats = self.mlp(h)
-            return x + h, stats
-        return x + self.mlp(h), None
+            return x + self._masked(h), stats
+        return x + self._masked(self.mlp(h)), None
+
+    def _masked(self, update: torch.Tensor) -> torch.Tensor:
+        return update if self.msg_mask is None else update * self.msg_mask
 
 
 @dataclass
 class ModelOutput:
     """What a forward pass returns.
 
-    `loss` is what training minimises: `lm_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss`.
+    `loss` is what training minimises: `lm_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss`,
+    without the `aux_loss` term when `balance` is "aux_free" or "none" (lab.moe).
     The auxiliary losses combine the MoE layers' as `router_loss_aggregation` says: their sum or their
     mean (None for a dense model); `router_entropy` is always the mean over layers (a diagnostic, not
     a loss); `tokens_per_expert` is (n_moe_layers, n_experts), counting the T * top_k assignments of
@@ -186,7 +200,19 @@ class DecoderLM(nn.Module):
         self.activation_checkpointing = False
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
+        self.register_buffer("msg_mask", None, persistent=False)  # (D,) on the embedding, during an MSG ramp
+        attach_masks(self)  # only a config that records an MSG ramp gets masks
         self.to(getattr(torch, cfg.dtype))
+
+    def to_empty(self, *, device, recurse: bool = True) -> "DecoderLM":
+        """nn.Module.to_empty, then the aux-free expert biases set to zero: `init_weights` writes parameters
+        only, and a bias left as uninitialised memory would steer the routing (lab.moe)."""
+        super().to_empty(device=device, recurse=recurse)
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, MoE) and module.expert_bias is not None:
+                    module.expert_bias.zero_()
+        return self
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02) -> None:
@@ -222,6 +248,8 @@ class DecoderLM(nn.Module):
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
         x = self.tok_embeddings(input_ids)  # (B, T, D)
+        if self.msg_mask is not None:  # MSG: new hidden dimensions start at c times their embedding
+            x = x * self.msg_mask
         positions = torch.arange(start, start + T, device=input_ids.device)
         inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, device=x.device)
         cos, sin = rope_tables(positions, inv_freq, x.dtype)  # (T, hd)
@@ -250,8 +278,10 @@ class DecoderLM(nn.Module):
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # position t predicts token t + 1
             out.lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             out.loss = out.lm_loss
-            if stats:
+            if stats and cfg.balance == "aux_loss":
                 out.loss = out.loss + cfg.aux_loss_coef * out.aux_loss + cfg.z_loss_coef * out.z_loss
+            elif stats:  # "aux_free" and "none" balance without the loss: aux_loss is reported, not minimised
+                out.loss = out.loss + cfg.z_loss_coef * out.z_loss
         return out
 
     def num_parameters(self, *, active: bool = False, embeddings: bool = True) -> int:

@@ -1,5 +1,9 @@
 """The Mixture-of-Experts layer: router, stacked experts, dispatch, combine, auxiliary losses.
 
+Shapes (a local tensor's name ends with them, as in torchtitan: `logits_NE`, `w_gate_EFD`):
+    N tokens (batch x sequence, flattened), D model dim, E experts, F expert intermediate size,
+    K top_k (experts per token), L MoE layers.
+
 Router: logits z = W_r x in fp32 (E, D); probabilities p = softmax(z); each token picks its top_k
 experts. With routing "topk_softmax" (Mixtral) the chosen weights are renormalised to sum to 1, so an
 MoE whose experts are identical copies of a dense MLP computes exactly that MLP (sparse upcycling's
@@ -27,6 +31,17 @@ Each layer reports its own pair; `aggregate_layer_losses` makes one value of eac
   average over layers, 1 at perfect balance whatever the depth, but a model of n MoE layers feels
   1/n of the pressure that "sum" gives at the same coefficients.
 Either way sum = n_moe_layers x mean: only the scale of the two losses and of their gradients changes.
+
+`ModelConfig.balance` says how the load is kept even. "aux_loss" (the default) adds `aux_loss_coef x`
+the load-balancing loss to the training loss. "aux_free" (DeepSeek-V3, arXiv 2412.19437, 2.1.2; Wang et
+al. 2024, "Auxiliary-Loss-Free Load Balancing Strategy for Mixture-of-Experts", arXiv 2408.15664) adds
+a per-expert bias b_e to the router's probabilities for choosing the top_k only; the combine weights
+are the unbiased probabilities, so the bias decides which experts run, never how much they count, and
+no gradient reaches it. After each optimizer step b_e moves by `balance_bias_rate x sign(mean load -
+load_e)` (`expert_bias_change`, applied by `lab.train.balance`): no loss term competes with the
+language-modelling gradient. "none" does neither. Under all three the load-balancing loss is still
+computed and reported (a measure of balance), and the z-loss is added as configured. The bias is added
+to the probabilities after the softmax, as torchtitan does (DeepSeek-V3 adds it to sigmoid affinities).
 """
 
 from __future__ import annotations
@@ -55,18 +70,29 @@ class MoEStats:
 class Routing:
     logits: torch.Tensor  # (N, E) fp32
     probs: torch.Tensor  # (N, E) fp32
-    weights: torch.Tensor  # (N, k) fp32, the combine weights of the chosen experts
-    experts: torch.Tensor  # (N, k) int64, the chosen experts
+    weights: torch.Tensor  # (N, K) fp32, the combine weights of the chosen experts
+    experts: torch.Tensor  # (N, K) int64, the chosen experts
 
 
-def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, routing: str) -> Routing:
-    """Choose top_k experts per token (N, D) and their combine weights, all in fp32."""
-    logits = F.linear(x.float(), router_weight.float())  # (N, E)
-    probs = logits.softmax(dim=-1)
-    weights, experts = probs.topk(top_k, dim=-1)  # (N, k)
+def route(x: torch.Tensor, router_weight: torch.Tensor, top_k: int, routing: str,
+          expert_bias: torch.Tensor | None = None) -> Routing:
+    """Choose top_k experts per token of x (N, D) and their combine weights, all in fp32.
+
+    `expert_bias` (E,), aux-loss-free balancing's, is added to the probabilities only to choose the
+    experts; the weights are the chosen experts' unbiased probabilities. Invariant: a zero bias chooses
+    and weighs exactly as no bias (probs + 0 is probs, bit for bit).
+    """
+    x_ND, router_ED = x, router_weight
+    logits_NE = F.linear(x_ND.float(), router_ED.float())
+    probs_NE = logits_NE.softmax(dim=-1)
+    if expert_bias is None:
+        weights_NK, experts_NK = probs_NE.topk(top_k, dim=-1)
+    else:
+        experts_NK = (probs_NE + expert_bias.float()).topk(top_k, dim=-1).indices
+        weights_NK = probs_NE.gather(-1, experts_NK)
     if routing == "topk_softmax":
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    return Routing(logits, probs, weights, experts)
+        weights_NK = weights_NK / weights_NK.sum(dim=-1, keepdim=True)
+    return Routing(logits_NE, probs_NE, weights_NK, experts_NK)
 
 
 def load_balancing_loss(probs: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
@@ -75,13 +101,27 @@ def load_balancing_loss(probs: torch.Tensor, tokens_per_expert: torch.Tensor) ->
     probs (N, E); tokens_per_expert (E,) counts the N * top_k assignments. Gradients flow through P
     only (f counts discrete choices), as in Switch Transformers.
     """
-    fraction = tokens_per_expert.float() / tokens_per_expert.sum()  # f_e, (E,)
-    return probs.shape[-1] * (fraction * probs.mean(dim=0)).sum()
+    probs_NE, counts_E = probs, tokens_per_expert
+    fraction_E = counts_E.float() / counts_E.sum()  # f_e
+    return probs_NE.shape[-1] * (fraction_E * probs_NE.mean(dim=0)).sum()
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     """mean over tokens of logsumexp(z)^2: keeps router logits small (ST-MoE)."""
-    return torch.logsumexp(logits, dim=-1).pow(2).mean()
+    logits_NE = logits
+    return torch.logsumexp(logits_NE, dim=-1).pow(2).mean()
+
+
+def expert_bias_change(tokens_per_expert: torch.Tensor, rate: float) -> torch.Tensor:
+    """The aux-free bias update of one step: rate * sign(mean load - load_e), per layer (DeepSeek-V3 2.1.2).
+
+    tokens_per_expert (..., E) counts one step's assignments (all its micro-batches, all processes); the
+    result has its shape. An overloaded expert's bias falls by `rate`, an underloaded one's rises by
+    `rate`, one at exactly the mean load keeps its bias. Megatron-Core's rule; torchtitan also subtracts
+    the change's mean, which moves every expert's score alike and so chooses the same experts.
+    """
+    load_LE = tokens_per_expert.float()
+    return rate * torch.sign(load_LE.mean(dim=-1, keepdim=True) - load_LE)
 
 
 def aggregate_layer_losses(per_layer: list[torch.Tensor], aggregation: str) -> torch.Tensor:
@@ -95,7 +135,8 @@ def aggregate_layer_losses(per_layer: list[torch.Tensor], aggregation: str) -> t
 
 
 def router_entropy(probs: torch.Tensor) -> torch.Tensor:
-    return -(probs * probs.clamp_min(1e-20).log()).sum(dim=-1).mean()
+    probs_NE = probs
+    return -(probs_NE * probs_NE.clamp_min(1e-20).log()).sum(dim=-1).mean()
 
 
 def _grouped_mm_supported(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -111,46 +152,60 @@ def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, count
                    kernel: str = "auto") -> torch.Tensor:
     """Rows of x (N, I) sorted by expert, counts[e] of them for expert e; returns x_e @ w[e].T (N, O).
 
+    (Here N counts the rows given, I and O are the input and output sizes: D and F, or F and D.)
+
     w is stacked (E, O, I), the layout of nn.Linear per expert. `kernel` "auto" takes the grouped
     matmul where supported, else the loop; "grouped_mm" and "loop" force one (the dispatch ablation of
     `lab.bench.dispatch`); both compute the same product.
     """
-    if kernel == "grouped_mm" or (kernel == "auto" and _grouped_mm_supported(x, w)):
-        offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
-        return torch._grouped_mm(x, w.transpose(-2, -1), offs=offsets)
-    # The same computation as a loop over the contiguous slices of each expert.
-    chunks = x.split(counts_list)
-    return torch.cat([F.linear(chunk, w[e]) for e, chunk in enumerate(chunks)])
+    x_NI, w_EOI, counts_E = x, w, counts
+    if kernel == "grouped_mm" or (kernel == "auto" and _grouped_mm_supported(x_NI, w_EOI)):
+        offsets_E = torch.cumsum(counts_E, dim=0, dtype=torch.int32)
+        return torch._grouped_mm(x_NI, w_EOI.transpose(-2, -1), offs=offsets_E)
+    # The same computation as a loop over the contiguous slices of each expert (M rows for expert e).
+    chunks = x_NI.split(counts_list)
+    return torch.cat([F.linear(chunk_MI, w_EOI[e]) for e, chunk_MI in enumerate(chunks)])
 
 
 def grouped_experts(x, weights, experts, w_gate, w_up, w_down, kernel: str = "auto") -> torch.Tensor:
-    """Sort the N * k assignments by expert, run each expert on its slice, scatter back weighted."""
-    N, k = experts.shape
-    n_experts = w_gate.shape[0]
-    flat = experts.flatten()  # (N*k,)
-    order = torch.argsort(flat, stable=True)
-    token = order // k  # which token each sorted assignment belongs to
-    counts = torch.bincount(flat, minlength=n_experts)
-    counts_list = counts.tolist()
-    xs = x[token]  # (N*k, D), grouped by expert
-    gate = grouped_linear(xs, w_gate, counts, counts_list, kernel)
-    h = F.silu(gate) * grouped_linear(xs, w_up, counts, counts_list, kernel)
-    ys = grouped_linear(h, w_down, counts, counts_list, kernel)  # (N*k, D)
-    ys = ys * weights.flatten()[order].unsqueeze(-1).to(ys.dtype)
-    return torch.zeros_like(x).index_add_(0, token, ys)
+    """Sort the N * K assignments by expert, run each expert on its slice, scatter back weighted.
+
+    x (N, D), weights and experts (N, K), w_gate and w_up (E, F, D), w_down (E, D, F); returns (N, D).
+    Below, NK indexes the N * K assignments sorted by expert.
+    """
+    x_ND, weights_NK, experts_NK = x, weights, experts
+    w_gate_EFD, w_up_EFD, w_down_EDF = w_gate, w_up, w_down
+    K = experts_NK.shape[1]
+    flat_experts_NK = experts_NK.flatten()
+    order_NK = torch.argsort(flat_experts_NK, stable=True)
+    token_NK = order_NK // K  # which token each sorted assignment belongs to
+    counts_E = torch.bincount(flat_experts_NK, minlength=w_gate_EFD.shape[0])
+    counts_list = counts_E.tolist()
+    x_NKD = x_ND[token_NK]  # grouped by expert
+    gate_NKF = grouped_linear(x_NKD, w_gate_EFD, counts_E, counts_list, kernel)
+    h_NKF = F.silu(gate_NKF) * grouped_linear(x_NKD, w_up_EFD, counts_E, counts_list, kernel)
+    y_NKD = grouped_linear(h_NKF, w_down_EDF, counts_E, counts_list, kernel)
+    y_NKD = y_NKD * weights_NK.flatten()[order_NK].unsqueeze(-1).to(y_NKD.dtype)
+    return torch.zeros_like(x_ND).index_add_(0, token_NK, y_NKD)
 
 
 def reference_experts(x, weights, experts, w_gate, w_up, w_down) -> torch.Tensor:
-    """The readable version: for each expert, gather its tokens, run its MLP, add the weighted result."""
-    out = torch.zeros_like(x)
-    for e in range(w_gate.shape[0]):
-        token, slot = torch.where(experts == e)
-        if token.numel() == 0:
+    """The readable version: for each expert, gather its tokens, run its MLP, add the weighted result.
+
+    Shapes as `grouped_experts`; below, M counts the tokens that chose expert e.
+    """
+    x_ND, weights_NK, experts_NK = x, weights, experts
+    w_gate_EFD, w_up_EFD, w_down_EDF = w_gate, w_up, w_down
+    out_ND = torch.zeros_like(x_ND)
+    for e in range(w_gate_EFD.shape[0]):
+        token_M, slot_M = torch.where(experts_NK == e)
+        if token_M.numel() == 0:
             continue
-        h = F.silu(F.linear(x[token], w_gate[e])) * F.linear(x[token], w_up[e])
-        y = F.linear(h, w_down[e]) * weights[token, slot].unsqueeze(-1).to(x.dtype)
-        out = out.index_add(0, token, y)
-    return out
+        x_MD = x_ND[token_M]
+        h_MF = F.silu(F.linear(x_MD, w_gate_EFD[e])) * F.linear(x_MD, w_up_EFD[e])
+        y_MD = F.linear(h_MF, w_down_EDF[e]) * weights_NK[token_M, slot_M].unsqueeze(-1).to(x_ND.dtype)
+        out_ND = out_ND.index_add(0, token_M, y_MD)
+    return out_ND
 
 
 class MoE(nn.Module):
@@ -158,6 +213,11 @@ class MoE(nn.Module):
 
     Invariant: with topk_softmax routing, experts that are identical copies of a SwiGLU MLP make the
     layer equal to that MLP for any router (sparse upcycling, Komatsuzaki et al. 2023).
+
+    With `balance="aux_free"` the layer holds `expert_bias` (E,), a persistent buffer: saved and loaded
+    with the model (exact resume), never a parameter (no gradient, no optimizer state). A state without
+    it (an upcycled model, a checkpoint trained under another balance) loads as a zero bias, the
+    correction DeepSeek-V3 starts from. Under the other balances `expert_bias` is None.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -171,20 +231,30 @@ class MoE(nn.Module):
         self.w_down = nn.Parameter(torch.empty(E, D, Fd))
         self.shared_expert = MLP(D, cfg.shared_expert_ffn_dim) if cfg.shared_expert_ffn_dim else None
         self.shared_expert_gate = nn.Linear(D, 1, bias=False) if cfg.shared_expert_ffn_dim else None
+        # fp32 zeros at first; it then follows the model's dtype (training keeps fp32 master weights).
+        self.register_buffer("expert_bias", torch.zeros(E) if cfg.balance == "aux_free" else None, persistent=True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "expert_bias"
+        if self.expert_bias is not None and key not in state_dict:
+            # No bias stored: start from no correction, on the device the state's router weight is on.
+            where = state_dict.get(prefix + "router.weight", self.expert_bias)
+            state_dict[key] = torch.zeros(self.n_experts, dtype=self.expert_bias.dtype, device=where.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEStats]:
         shape = x.shape
-        x = x.reshape(-1, shape[-1])  # (N, D)
-        r = route(x, self.router.weight, self.top_k, self.routing)
+        x_ND = x.reshape(-1, shape[-1])
+        r = route(x_ND, self.router.weight, self.top_k, self.routing, self.expert_bias)
         experts_fn = grouped_experts if self.dispatch == "grouped" else reference_experts
-        y = experts_fn(x, r.weights, r.experts, self.w_gate, self.w_up, self.w_down)
+        y_ND = experts_fn(x_ND, r.weights, r.experts, self.w_gate, self.w_up, self.w_down)
         if self.shared_expert is not None:
-            y = y + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        tokens_per_expert = torch.bincount(r.experts.flatten(), minlength=self.n_experts)
+            y_ND = y_ND + torch.sigmoid(self.shared_expert_gate(x_ND)) * self.shared_expert(x_ND)
+        tokens_per_expert_E = torch.bincount(r.experts.flatten(), minlength=self.n_experts)
         stats = MoEStats(
-            load_balancing_loss=load_balancing_loss(r.probs, tokens_per_expert),
+            load_balancing_loss=load_balancing_loss(r.probs, tokens_per_expert_E),
             z_loss=router_z_loss(r.logits),
-            tokens_per_expert=tokens_per_expert,
+            tokens_per_expert=tokens_per_expert_E,
             router_entropy=router_entropy(r.probs.detach()),
         )
-        return y.view(shape), stats
+        return y_ND.view(shape), stats

@@ -20,7 +20,7 @@ from lab.data import DEFAULT_CORPUS
 from lab.errors import LabError
 from lab.experiments import claims as claims_module
 from lab.experiments.catalog import MODULES, experiment
-from lab.experiments.claims import CLAIMS, RULE, evaluate, verdict
+from lab.experiments.claims import CLAIMS, KIND_RULES, RULE, RULE_FOOTER, evaluate, verdict
 from lab.experiments.runner import MEASUREMENTS_FILE, STATE_FILE, run_experiment
 from lab.experiments.export import export_experiment
 from lab.experiments.settings import make_settings, record_settings
@@ -66,11 +66,13 @@ def test_rule_refusals(a, b, kind, tolerance, message):
 
 
 def test_claims_are_data_with_the_issue_ids():
-    assert [c.id for c in CLAIMS] == [f"C{i}" for i in range(1, 16)]
+    assert [c.id for c in CLAIMS] == [f"C{i}" for i in range(1, 16)] + ["C16", "C16b", "C17", "C17b", "C18"]
     for c in CLAIMS:
-        assert c.kind in ("lower", "equal") and c.experiment in MODULES and c.text and c.paper
+        assert c.kind in ("lower", "equal", "not_above") and c.experiment in MODULES and c.text and c.paper
         assert (c.tolerance == 1e-4) == (c.kind == "equal")
-    assert [c.id for c in CLAIMS if c.kind == "equal"] == ["C1", "C9"]
+        assert (c.tolerance is not None) == (c.kind in ("equal", "not_above"))
+    assert [c.id for c in CLAIMS if c.kind == "equal"] == ["C1", "C9", "C17"]
+    assert [(c.id, c.tolerance) for c in CLAIMS if c.kind == "not_above"] == [("C16b", 0.01)]
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -282,7 +284,7 @@ def fake_experiment(out: Path, name: str, seeds: list[int], values) -> Path:
 
 
 def fake_experiments(root: Path, seeds=(0, 1, 2)) -> list[Path]:
-    """All four experiments, their claims' measurements made up so that verdicts differ."""
+    """Every experiment, its claims' measurements made up so that verdicts differ."""
     def values(name):
         def make(seed):
             keys = sorted(claim_keys(name))
@@ -298,7 +300,7 @@ def test_claims_file_shape_and_every_verdict_recomputes(tmp_path):
     assert [c["id"] for c in result["claims"]] == [c.id for c in CLAIMS]
     for entry in result["claims"]:
         assert {"id", "text", "paper", "kind", "a", "b", "seeds", "a_values", "b_values", "verdict"} <= set(entry)
-        assert ("tolerance" in entry) == (entry["kind"] == "equal")
+        assert ("tolerance" in entry) == (entry["kind"] in ("equal", "not_above"))
         assert entry["seeds"] == [0, 1, 2] and len(entry["a_values"]) == len(entry["b_values"]) == 3
         assert entry["verdict"] == verdict(entry["a_values"], entry["b_values"], entry["kind"], entry.get("tolerance"))
         constant = len(set(entry["a_values"])) == len(set(entry["b_values"])) == 1
@@ -352,7 +354,7 @@ def test_list_names_every_experiment_and_its_defaults(capsys):
     out = capsys.readouterr().out
     for name in MODULES:
         assert f"{name}: " in out
-    assert "baseline_lrs" in out and "[0.0005, 0.001, 0.002]" in out
+    assert "baseline_lrs" in out and "[0.00025, 0.0005, 0.001]" in out
 
 
 def test_export_keeps_metrics_meta_and_measurements_only(tmp_path, table1_dir, capsys):
@@ -397,8 +399,11 @@ def test_the_shipped_claims_are_the_rule_applied_to_their_values_and_the_readme_
 
     shipped = json.loads((DATA_DIR / "claims.json").read_text())  # committed: a missing file fails
     other_seeds = json.loads((DATA_DIR / "claims-seed-1000.json").read_text())
-    assert shipped["rule"] == RULE and shipped["claims"]
+    assert shipped["claims"] and RULE_FOOTER in shipped["rule"] and RULE_FOOTER in other_seeds["rule"]
     for entry in shipped["claims"] + other_seeds["claims"]:
+        # The file holds the rule of every kind it judges, in today's words (a file judged before a kind was
+        # added holds the rule without that kind: the words of the older kinds have not changed).
+        assert KIND_RULES[entry["kind"]] in shipped["rule"] and KIND_RULES[entry["kind"]] in other_seeds["rule"]
         assert len(entry["seeds"]) >= 3
         assert entry["verdict"] == verdict(entry["a_values"], entry["b_values"], entry["kind"], entry.get("tolerance"))
     # Other seeds give no claim the opposite verdict.

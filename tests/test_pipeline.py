@@ -234,6 +234,9 @@ def _broken(path: str, value) -> dict:
     ("baseline.train", {"max_step": 3}, "pipeline baseline.train.max_step"),
     ("pipeline", None, "pipeline pipeline: must name the pipeline"),
     ("bogus", 1, "pipeline recipe.bogus: unknown key"),
+    ("stages[1].train.trainable", "new-blocks", "pipeline stages[1].train.trainable: new-blocks trains the blocks"),
+    ("stages[0].train.trainable", "new-blocks", "pipeline stages[0].train.trainable: new-blocks trains the blocks"),
+    ("stages[2].upcycle.balance", "sideways", "pipeline stages[2].upcycle.balance: must be one of"),
 ])
 def test_bad_recipes_fail_naming_the_key(path, value, message):
     with pytest.raises(LabError) as e:
@@ -252,7 +255,7 @@ def test_cli_refuses_a_bad_recipe_before_any_work(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["pipeline", "--recipe", str(recipe), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: pipeline stages[1].grow.method: must be one of fpi, aki, aki-pro, got 'bogus'"]
+    assert err == ["error: pipeline stages[1].grow.method: must be one of fpi, aki, aki-pro, msg, got 'bogus'"]
     assert not out.exists()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from lab.config import ROPE_SCALINGS, ModelConfig
 from lab.errors import CheckpointError, quoted
+from lab.msg_masks import MSG_MASKS  # a lab-only key too: a model on its masked-growth ramp (lab.msg_masks)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe")
 ARCHITECTURES = {
@@ -32,6 +33,10 @@ _DEFAULT_ROPE_THETA = {"llama": 10000.0, "mistral": 10000.0, "qwen2": 10000.0, "
 _DEFAULT_NORM_EPS = {"llama": 1e-6, "mistral": 1e-6, "qwen2": 1e-6, "mixtral": 1e-5, "qwen2_moe": 1e-6}
 # Fields carried through unchanged (token ids matter to tokenizers and generate()).
 _PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id")
+# A lab-only key (transformers keeps it as a plain attribute of the config), kept in ModelConfig.extra: the
+# decoder layers depth growth inserted (`lab.growth.depth.inserted_copies`), written by `lab.derive`'s growth
+# and carried through training, so that `train.trainable: new-blocks` (LLaMA-Pro) knows which blocks to train.
+INSERTED_LAYERS = "inserted_layers"
 
 
 class _Fields:
@@ -157,6 +162,17 @@ def config_from_hf(d: dict[str, Any], source: str) -> tuple[ModelConfig, str]:
         fields["z_loss_coef"] = float(f.get("router_z_loss_coef", "number", 0.01))
         # A lab-only key: absent in every checkpoint written before it existed, which averaged.
         fields["router_loss_aggregation"] = f.get("router_loss_aggregation", "str", "mean")
+        # Lab-only keys too: absent means the load-balancing loss, as before they existed.
+        fields["balance"] = f.get("balance", "str", "aux_loss")
+        fields["balance_bias_rate"] = float(f.get("balance_bias_rate", "number", 0.001))
+    inserted = f.get(INSERTED_LAYERS, "ints")
+    if inserted is not None:
+        if len(set(inserted)) != len(inserted) or not all(0 <= i < fields["n_layers"] for i in inserted):
+            raise f.fail(INSERTED_LAYERS, f"must list distinct layers in [0, {fields['n_layers']})")
+        fields["extra"][INSERTED_LAYERS] = sorted(inserted)
+    masks = f.get(MSG_MASKS, "mapping")
+    if masks is not None:  # checked against the model's shape when the model is built (lab.msg_masks)
+        fields["extra"][MSG_MASKS] = dict(masks)
     try:
         return ModelConfig(**fields), model_type
     except ValueError as e:
@@ -236,9 +252,14 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
                  mlp_only_layers=[i for i in range(cfg.n_layers) if not cfg.is_moe_layer(i)],
                  qkv_bias=True, output_router_logits=False)
     if cfg.is_moe:
-        # router_aux_loss_coef is transformers' own key; the other two are the lab's, kept by transformers
-        # as plain attributes of the config.
+        # router_aux_loss_coef is transformers' own key; the others are the lab's, kept by transformers
+        # as plain attributes of the config (transformers routes without the aux-free bias: lab.checkpoint.hf_names).
         d.update(router_aux_loss_coef=cfg.aux_loss_coef, router_z_loss_coef=cfg.z_loss_coef,
-                 router_loss_aggregation=cfg.router_loss_aggregation)
+                 router_loss_aggregation=cfg.router_loss_aggregation, balance=cfg.balance,
+                 balance_bias_rate=cfg.balance_bias_rate)
     d.update({k: v for k, v in cfg.extra.items() if k in _PASSTHROUGH})
+    if cfg.extra.get(INSERTED_LAYERS):
+        d[INSERTED_LAYERS] = sorted(cfg.extra[INSERTED_LAYERS])
+    if cfg.extra.get(MSG_MASKS):
+        d[MSG_MASKS] = cfg.extra[MSG_MASKS]
     return d

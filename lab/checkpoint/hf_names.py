@@ -61,6 +61,21 @@ def tensor_maps(cfg: ModelConfig, model_type: str) -> list[TensorMap]:
     return maps
 
 
+def expert_bias_maps(cfg: ModelConfig, model_type: str) -> list[TensorMap]:
+    """The aux-free expert biases (`balance="aux_free"`, lab.moe): buffers, not parameters, stored beside the
+    router as `<moe block>.gate.e_score_correction_bias` (E,), DeepSeek-V3's name for the same bias.
+
+    transformers' mixtral and qwen2_moe have no such tensor: they load the checkpoint, leave it unused, and
+    route without the bias; the lab reads it back. With a nonzero bias the two choose different experts
+    (`lab.save_pretrained` warns). A checkpoint without it (an upcycled model) reads as a zero bias.
+    """
+    if cfg.balance != "aux_free":
+        return []
+    block, router, _ = _EXPERT_NAMES[model_type]
+    return [TensorMap(f"layers.{i}.mlp.expert_bias", (f"model.layers.{i}.{block}.{router}.e_score_correction_bias",))
+            for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
+
+
 def filler_tensors(cfg: ModelConfig, model_type: str) -> dict[str, tuple[int, ...]]:
     """Tensors a `qwen2_moe` checkpoint must hold although the model has no such parameter: zero q/k/v
     biases for a model without them, and an empty shared expert with a zero gate for a model without

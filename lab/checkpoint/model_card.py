@@ -49,6 +49,8 @@ def model_card(*, title: str, summary: str, cfg: ModelConfig, model_type: str, b
     if cfg.is_moe:
         shape += (f"; {cfg.n_experts} experts, top-{cfg.top_k}, expert intermediate size {cfg.moe_ffn_dim}, "
                   f"{cfg.routing} routing")
+        if cfg.shared_expert_ffn_dim:
+            shape += f", shared expert intermediate size {cfg.shared_expert_ffn_dim}"
     lines += [f"- model type: `{model_type}` ({shape})"]
     if base_model is not None:
         lines.append(f"- made from: `{base_model}`")

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from lab.checkpoint.hf_config import config_to_hf, hf_model_type
-from lab.checkpoint.hf_names import filler_tensors, tensor_maps
+from lab.checkpoint.hf_names import expert_bias_maps, filler_tensors, tensor_maps
 from lab.checkpoint.io import SafetensorsReader, check_output_dir, read_config, tokenizer_files, write_checkpoint
 from lab.checkpoint.safetensors_stream import TensorEntry
 from lab.config import ModelConfig, dtype_name
@@ -45,6 +45,7 @@ class CheckpointSource:
             self.config = self.config.replace(dtype=dtype_name(self.dtype))
             self.shapes = parameter_shapes(self.config)
             self._maps = {m.lab: m for m in tensor_maps(self.config, self.model_type)}
+            self._bias_maps = {m.lab: m for m in expert_bias_maps(self.config, self.model_type)}
         except BaseException:
             self.close()  # the files stay open otherwise, until the garbage collector finds them
             raise
@@ -72,9 +73,15 @@ class CheckpointSource:
 
     def unused_keys(self) -> list[str]:
         """The checkpoint's tensors the lab's model does not read (a warning's matter, not an error)."""
-        known = {key for tmap in self._maps.values() for key in tmap.hf}
+        known = {key for tmap in (*self._maps.values(), *self._bias_maps.values()) for key in tmap.hf}
         known |= set(filler_tensors(self.config, self.model_type)) | {"lm_head.weight"}
         return [key for key in self._reader.weight_map if key not in known and not _ignorable(key)]
+
+    def expert_biases(self) -> dict[str, torch.Tensor]:
+        """The aux-free expert biases the checkpoint stores, by lab name (`expert_bias_maps`); the model loads
+        a missing one as zero (lab.moe.MoE)."""
+        return {name: self._reader.get(tmap.hf[0], (self.config.n_experts,))
+                for name, tmap in self._bias_maps.items() if tmap.hf[0] in self._reader.weight_map}
 
     def _lookup(self, name: str):
         """(the tensor map, the lab shape) of parameter `name`; a tied head reads the embedding."""
@@ -114,6 +121,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None 
         cfg = source.config.replace(**changes)
         target = getattr(torch, cfg.dtype)
         state = {name: source.tensor(name).to(device=device, dtype=target) for name in source.shapes}
+        state.update({name: bias.to(device=device, dtype=target) for name, bias in source.expert_biases().items()})
         unused = source.unused_keys()
     if unused:
         warnings.warn(f"{path}: {len(unused)} tensor(s) not used by the model, e.g. {unused[0]!r}")
@@ -123,11 +131,14 @@ def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None 
     return model.eval()
 
 
-def lab_entries(cfg: ModelConfig, model_type: str, make: MakeTensor, dtype: torch.dtype) -> list[TensorEntry]:
+def lab_entries(cfg: ModelConfig, model_type: str, make: MakeTensor, dtype: torch.dtype, *,
+                expert_bias: bool = False) -> list[TensorEntry]:
     """The checkpoint tensors of config `cfg` under their Hugging Face names, each made by `make` when written.
 
     Shapes come from the config, so the whole layout (and the shard plan) is known before anything is
-    made. `qwen2_moe` filler tensors (zeros) are added where the format needs them.
+    made. `qwen2_moe` filler tensors (zeros) are added where the format needs them. With `expert_bias`,
+    `make` gives the aux-free expert biases too (a trained model's state: `expert_bias_maps`); a derived
+    model (growth, upcycling) is written without them, which reads back as zero biases.
     """
     shapes = parameter_shapes(cfg)
     entries = []
@@ -140,17 +151,21 @@ def lab_entries(cfg: ModelConfig, model_type: str, make: MakeTensor, dtype: torc
             entries.append(TensorEntry(tmap.hf[0], shape, dtype, lambda n=tmap.lab: make(n, None)))
     for key, shape in filler_tensors(cfg, model_type).items():
         entries.append(TensorEntry(key, shape, dtype, lambda s=shape: torch.zeros(s, dtype=dtype)))
+    if expert_bias:
+        entries += [TensorEntry(tmap.hf[0], (cfg.n_experts,), dtype, lambda n=tmap.lab: make(n, None))
+                    for tmap in expert_bias_maps(cfg, model_type)]
     return entries
 
 
 def write_lab_checkpoint(path: str | os.PathLike, cfg: ModelConfig, make: MakeTensor, *,
                          model_type: str | None = None, extra_files: list[Path] = (),
                          max_shard_size: int | str = "5GB", overwrite: bool = False,
-                         progress: str | None = None, readme: str | None = None) -> Path:
+                         progress: str | None = None, readme: str | None = None,
+                         expert_bias: bool = False) -> Path:
     """Write a checkpoint of config `cfg` (dtype `cfg.dtype`) whose tensors `make` produces one at a time.
 
     `model_type` defaults to the one the config implies (`hf_model_type`); `readme` is its model card.
-    Atomic, as `write_checkpoint`.
+    `expert_bias`: `make` gives the aux-free expert biases too (`lab_entries`). Atomic, as `write_checkpoint`.
     """
     model_type = model_type or hf_model_type(cfg)
     dtype = getattr(torch, cfg.dtype)
@@ -158,7 +173,8 @@ def write_lab_checkpoint(path: str | os.PathLike, cfg: ModelConfig, make: MakeTe
     def make_cast(name: str, expert: int | None) -> torch.Tensor:
         return make(name, expert).to(dtype).contiguous()
 
-    return write_checkpoint(path, config_to_hf(cfg, model_type), lab_entries(cfg, model_type, make_cast, dtype),
+    entries = lab_entries(cfg, model_type, make_cast, dtype, expert_bias=expert_bias)
+    return write_checkpoint(path, config_to_hf(cfg, model_type), entries,
                             max_shard_size=max_shard_size, overwrite=overwrite, extra_files=extra_files,
                             progress=progress, readme=readme)
 
@@ -170,7 +186,18 @@ def model_entries(model, cfg: ModelConfig, model_type: str) -> list[TensorEntry]
     def make(name: str, expert: int | None) -> torch.Tensor:
         return state[name] if expert is None else state[name][expert]
 
-    return lab_entries(cfg, model_type, make, getattr(torch, cfg.dtype))
+    return lab_entries(cfg, model_type, make, getattr(torch, cfg.dtype), expert_bias=True)
+
+
+def warn_if_transformers_routes_otherwise(model, model_type: str) -> bool:
+    """Warn (and return True) when `model` holds a nonzero aux-free expert bias: transformers' `model_type`
+    has no such bias, so there it chooses experts by the router alone and its logits differ from the lab's."""
+    biased = [name for name, t in model.state_dict().items() if name.endswith("expert_bias") and bool(t.any())]
+    if biased:
+        warnings.warn(f"{len(biased)} MoE layer(s) route with a nonzero aux-free expert bias (e.g. {biased[0]!r}): "
+                      f"it is saved as e_score_correction_bias, which transformers' {model_type} does not use, so "
+                      "transformers chooses experts without it and its outputs differ from the lab's", stacklevel=3)
+    return bool(biased)
 
 
 def save_pretrained(model, path: str | os.PathLike, *, max_shard_size: int | str = "5GB",
@@ -190,6 +217,7 @@ def save_pretrained(model, path: str | os.PathLike, *, max_shard_size: int | str
     dtype = next(iter(model.state_dict().values())).dtype
     cfg = model.config.replace(dtype=dtype_name(dtype))
     model_type = hf_model_type(cfg)
+    warn_if_transformers_routes_otherwise(model, model_type)
     extra = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
     if readme is None:
         readme = model_card(title=Path(path).name, summary="A decoder saved with `lab.save_pretrained`.", cfg=cfg,

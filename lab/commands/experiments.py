@@ -87,15 +87,15 @@ def export(args: argparse.Namespace) -> None:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "experiments", help="the papers' experiments over seeds, and the claims they test",
-        description="Run an experiment (table1, table2, upcycle, pipeline) over seeds into a resumable directory, "
-                    "and judge the claims (C1-C15) on the measurements of finished experiments.")
+        description="Run an experiment (table1, table2, upcycle, pipeline, balance, msg, llama_pro) over seeds into "
+                    "a resumable directory, and judge the claims (C1-C18) on the measurements of finished experiments.")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     r = sub.add_parser("run", help="run an experiment over seeds (resumable: run it again to continue)",
                        description="Seed s varies everything random: growth maps and noise, router rows, "
                                    "from-scratch initialisation, data order. OUT/settings.json records the "
                                    "settings; a later run into OUT must give the same ones.")
-    r.add_argument("name", help="table1 | table2 | upcycle | pipeline")
+    r.add_argument("name", help="table1 | table2 | upcycle | pipeline | balance | msg | llama_pro")
     r.add_argument("--seeds", type=positive_int, required=True, metavar="N", help="how many seeds")
     r.add_argument("--seed-base", type=int, default=0, metavar="S", help="the first seed (seeds S..S+N-1)")
     r.add_argument("--out", type=Path, required=True, metavar="DIR", help="the experiment directory")

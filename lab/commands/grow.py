@@ -1,4 +1,4 @@
-"""`python -m lab grow SRC OUT --method {fpi,aki,aki-pro}`: Scale-Up of a dense checkpoint."""
+"""`python -m lab grow SRC OUT --method {fpi,aki,aki-pro,msg}`: Scale-Up of a dense checkpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import warnings
 from lab.commands import (add_output_arguments, check_output_resources, check_verify_request,
                           non_negative_float, positive_int, seed, verify_if_asked)
 from lab.flops import total_parameters
-from lab.growth import DEPTH_KINDS, MAP_KINDS, PLACEMENTS
+from lab.growth import DEPTH_KINDS, MAP_KINDS, METHODS, PLACEMENTS
+from lab.growth.plan import MSG_RAMP_STEPS
 
 ORDER = 30
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> None:
         plan = plan_growth(source, method=args.method, dim=args.hidden_size, ffn_dim=args.intermediate_size,
                            n_layers=args.num_layers, n_heads=args.num_heads, n_kv_heads=args.num_kv_heads,
                            depth=args.depth, map=args.map, noise=args.noise, seed=args.seed,
-                           placement=args.placement)
+                           placement=args.placement, ramp_steps=args.ramp_steps)
     for w in caught:
         print(f"warning: {w.message}")
     t = plan.target
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"  method {plan.method}, {_order(plan)}, map {plan.map}, noise {plan.noise:g}, seed {plan.seed}")
     print(f"  parameters: {total_parameters(source):,} -> {total_parameters(t):,}")
     print(f"  function-preserving: {'yes' if plan.is_exact else 'no'}; writes {model_type}")
+    if plan.method == "msg":
+        print(f"  msg: new units masked, masks ramp 0 -> 1 over the first {plan.ramp_steps} training steps, then fold "
+              "into the weights (train OUT with the lab: until then transformers would ignore the masks)")
     grow_checkpoint(args.src, args.out, plan, overwrite=args.force, progress="grow",
                     command=args.command_line)
     print(f"wrote {args.out}")
@@ -68,9 +72,10 @@ def add_parser(subparsers) -> None:
                     "function exactly. OUT keeps the source's model type and tokenizer files.")
     p.add_argument("src", help="dense source checkpoint directory (llama, mistral or qwen2)")
     p.add_argument("out", help="output directory (must not exist, unless --force)")
-    p.add_argument("--method", choices=("fpi", "aki", "aki-pro"), default="fpi",
+    p.add_argument("--method", choices=METHODS, default="fpi",
                    help="fpi: copies, function-preserving; aki: new units from layer l+1 (MHA only); aki-pro: "
-                        "AKI with the GQA rule and interpolation depth (the paper's)")
+                        "AKI with the GQA rule and interpolation depth (the paper's); msg: masked structural growth, "
+                        "random new units behind masks that ramp from 0 (function-preserving) to 1")
     p.add_argument("--hidden-size", type=positive_int, help="target hidden size (dim)")
     p.add_argument("--intermediate-size", type=positive_int, help="target MLP intermediate size (ffn_dim)")
     p.add_argument("--num-layers", type=positive_int, help="target number of layers")
@@ -89,6 +94,9 @@ def add_parser(subparsers) -> None:
                         "random (bert2BERT, seeded)")
     p.add_argument("--noise", type=non_negative_float, default=0.0,
                    help="symmetric noise on the split copies, relative to each weight's std (keeps the function)")
-    p.add_argument("--seed", type=seed, default=0, help="seeds the random map and the noise")
+    p.add_argument("--seed", type=seed, default=0, help="seeds the random map and the noise (msg: the new weights)")
+    p.add_argument("--ramp-steps", type=positive_int,
+                   help=f"with --method msg: training steps over which the masks ramp from 0 to 1 "
+                        f"(default {MSG_RAMP_STEPS})")
     add_output_arguments(p)
     p.set_defaults(func=run)

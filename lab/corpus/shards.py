@@ -107,10 +107,14 @@ def open_split(folder: str | Path, split: str) -> dict[str, ShardedStream]:
     return {domain: ShardedStream(folder, entry["shards"]) for domain, entry in _split_entries(folder, split).items()}
 
 
-def open_joined(folder: str | Path, split: str = "train") -> ShardedStream:
-    """All domains of `split` as one stream, domains in the manifest's order (what training samples from)."""
+def open_joined(folder: str | Path, split: str = "train", domains=None) -> ShardedStream:
+    """All domains of `split` (or those in `domains`, a recipe's `data.domains`) as one stream, domains in the
+    manifest's order (what training samples from)."""
+    from lab.data import chosen_domains
+
     folder = Path(folder)
-    return ShardedStream(folder, [s for entry in _split_entries(folder, split).values() for s in entry["shards"]])
+    entries = _split_entries(folder, split)
+    return ShardedStream(folder, [s for d in chosen_domains(entries, domains) for s in entries[d]["shards"]])
 
 
 def check_tokenizer(folder: str | Path, tokenizer_file: Path) -> None:

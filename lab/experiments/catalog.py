@@ -9,7 +9,8 @@ import importlib
 from lab.errors import LabError
 
 MODULES = {"table1": "lab.experiments.table1", "table2": "lab.experiments.table2",
-           "upcycle": "lab.experiments.upcycle", "pipeline": "lab.experiments.pipeline"}
+           "upcycle": "lab.experiments.upcycle", "pipeline": "lab.experiments.pipeline",
+           "balance": "lab.experiments.balance", "msg": "lab.experiments.msg", "llama_pro": "lab.experiments.llama_pro"}
 
 
 def experiment(name: str):

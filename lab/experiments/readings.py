@@ -1,9 +1,9 @@
 """The scalars an experiment measures, read from its runs' metrics (lab.runs), never from weights.
 
 Every value is the mean over domains of the validation loss on the run's fixed windows (`val_loss_mean`
-of an `eval` record), or computed from `train` records: the expert load's coefficient of variation, the
-training FLOPs. A run directory that lacks what is asked for raises one LabError naming it, so a
-measurement is never silently a default.
+of an `eval` record), or over some of its domains (`val_loss`, per domain), or computed from `train`
+records: the expert load's coefficient of variation, the training FLOPs. A run directory that lacks what
+is asked for raises one LabError naming it, so a measurement is never silently a default.
 """
 
 from __future__ import annotations
@@ -41,6 +41,29 @@ def start_loss(run_dir: Path) -> float:
 
 def final_loss(run_dir: Path) -> float:
     return float(evaluations(run_dir)[-1]["val_loss_mean"])
+
+
+def _domain_loss(run_dir: Path, record: dict, domains) -> float:
+    losses = record.get("val_loss") or {}
+    missing = [d for d in domains if not isinstance(losses.get(d), (int, float))]
+    if not domains or missing:
+        raise LabError(f"{run_dir}: the evaluation at step {record.get('step')} has no validation loss for "
+                       f"{', '.join(missing or ['any domain'])}")
+    return statistics.fmean(float(losses[d]) for d in domains)
+
+
+def start_domain_loss(run_dir: Path, domains) -> float:
+    """The mean over `domains` of the per-domain validation loss before the first step."""
+    first = evaluations(run_dir)[0]
+    if first.get("step", 0) != 0:
+        raise LabError(f"{run_dir}: no evaluation at step 0")
+    return _domain_loss(run_dir, first, domains)
+
+
+def final_domain_loss(run_dir: Path, domains) -> float:
+    """The mean over `domains` of the last evaluation's per-domain validation loss (what a run trained on
+    one domain forgets of the others, or how well it learnt its own)."""
+    return _domain_loss(run_dir, evaluations(run_dir)[-1], domains)
 
 
 def final_flops(run_dir: Path) -> float:

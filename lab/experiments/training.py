@@ -42,11 +42,19 @@ def optim_section(lr: float, warmup_steps: int, steps: int) -> dict:
 
 
 def training_recipe(settings, *, run: str, stage: str, seed: int, steps: int, lr: float, warmup_steps: int,
-                    init_from=None, model: ModelConfig | None = None, log_every: int | None = None) -> Recipe:
-    """A validated recipe that trains `steps` steps from the checkpoint `init_from`, or `model` from scratch."""
+                    init_from=None, model: ModelConfig | None = None, log_every: int | None = None,
+                    domains: tuple[str, ...] | None = None, trainable: str = "all") -> Recipe:
+    """A validated recipe that trains `steps` steps from the checkpoint `init_from`, or `model` from scratch,
+    on the training data's `domains` (None: all) and updating `trainable` (lab.train.recipe's
+    `train.trainable`). Both keys are written only when they differ from the default, so that the recipes
+    of the experiments that never set them stay what they were."""
     values = {"run": run, "stage": stage, "seed": seed, "data": data_section(settings),
               "optim": optim_section(lr, warmup_steps, steps),
               "train": train_section(settings, steps, log_every=log_every)}
+    if domains is not None:
+        values["data"]["domains"] = list(domains)
+    if trainable != "all":
+        values["train"]["trainable"] = trainable
     if init_from is not None:
         values["init_from"] = str(init_from)
     else:

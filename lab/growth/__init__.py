@@ -6,6 +6,8 @@
 - `noise`: symmetric noise, function-preserving and symmetry-breaking;
 - `plan`: the options (`GrowthPlan`), the target config and the checks made before any work;
 - `transform`: every output tensor from the source tensors it needs;
+- `msg`, `masks`: masked structural growth (Yao et al. 2024): new units behind masks that ramp from 0 to 1,
+  exact at 0 whatever the new weights, folded into the weights at 1;
 
 The rules know nothing of files: `lab.derive` runs them checkpoint to checkpoint, tensor by tensor
 (`grow_checkpoint`), or in memory (`grow_model`).

@@ -22,8 +22,10 @@ from lab.config import ModelConfig
 from lab.errors import LabError, quoted
 from lab.growth.depth import DEPTH_KINDS, PLACEMENTS
 from lab.growth.maps import MAP_KINDS
+from lab.msg_masks import MSG_MASKS
 
-METHODS = ("fpi", "aki", "aki-pro")
+METHODS = ("fpi", "aki", "aki-pro", "msg")
+MSG_RAMP_STEPS = 100  # msg's default: training steps over which the masks of the new units ramp from 0 to 1
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class GrowthPlan:
     noise: float = 0.0
     seed: int = 0
     placement: str = "first"  # identity blocks after the first or the last layer of their group
+    ramp_steps: int = 0  # msg only: steps over which the masks ramp from 0 to 1 (lab.msg_masks)
 
     @property
     def grouped_heads(self) -> bool:
@@ -52,11 +55,12 @@ class GrowthPlan:
         """Whether the grown model computes exactly what the source computes (before any noise, which is
         zero-sum and keeps it): FPI, a hidden size kept or grown by an integer ratio with the cyclic map
         (RMSNorm sees every unit the same number of times), and no layer added other than identity
-        blocks. The intermediate size and the heads may grow to any size: no norm reads them."""
+        blocks. The intermediate size and the heads may grow to any size: no norm reads them. MSG is exact
+        for any growth it accepts, at mask 0 (lab.growth.msg)."""
         s, t = self.source, self.target
         hidden_ok = t.dim == s.dim or (t.dim % s.dim == 0 and self.map == "cyclic")
         depth_ok = t.n_layers == s.n_layers or self.depth == "identity"
-        return self.method == "fpi" and hidden_ok and depth_ok
+        return self.method == "msg" or (self.method == "fpi" and hidden_ok and depth_ok)
 
 
 def _check_not_smaller(source: ModelConfig, sizes: dict[str, tuple[str, int]]) -> None:
@@ -89,11 +93,12 @@ def half_again_deeper(n_layers: int) -> int:
 def plan_growth(source: ModelConfig, *, method: str = "fpi", dim: int | None = None, ffn_dim: int | None = None,
                 n_layers: int | None = None, n_heads: int | None = None, n_kv_heads: int | None = None,
                 depth: str | None = None, map: str = "cyclic", noise: float = 0.0, seed: int = 0,
-                placement: str = "first") -> GrowthPlan:
+                placement: str = "first", ramp_steps: int | None = None) -> GrowthPlan:
     """The plan that grows `source` to the requested dimensions (None keeps the source's), after every check.
 
     `depth` defaults to "interpolate" for aki-pro (the paper's choice) and to "stack" otherwise
-    (bert2BERT's). A tied-embedding source is untied, with a warning.
+    (bert2BERT's). A tied-embedding source is untied, with a warning. `ramp_steps` (msg only, default
+    MSG_RAMP_STEPS) is how many training steps MSG's masks take to ramp from 0 to 1.
     """
     if method not in METHODS:
         raise LabError(f"--method {method!r}: must be one of {', '.join(METHODS)}")
@@ -108,6 +113,19 @@ def plan_growth(source: ModelConfig, *, method: str = "fpi", dim: int | None = N
         raise LabError(f"--map {map!r}: must be one of {', '.join(MAP_KINDS)}")
     if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
         raise LabError(f"--noise must be a finite number >= 0, got {quoted(noise)}")
+    if method == "msg" and noise:
+        raise LabError(f"--noise {noise:g}: msg copies nothing, so there is no symmetry to break (its new weights are "
+                       "random)")
+    if method == "msg" and map != "cyclic":
+        raise LabError(f"--map {map}: msg copies nothing, so there is no map to draw (new units are appended)")
+    if method != "msg" and ramp_steps is not None:
+        raise LabError(f"--ramp-steps ramps MSG's masks: it needs --method msg, not {method}")
+    ramp_steps = MSG_RAMP_STEPS if ramp_steps is None and method == "msg" else ramp_steps or 0
+    if method == "msg" and (isinstance(ramp_steps, bool) or not isinstance(ramp_steps, int) or ramp_steps < 1):
+        raise LabError(f"--ramp-steps must be a positive integer, got {quoted(ramp_steps)}")
+    if source.extra.get(MSG_MASKS) is not None:
+        raise LabError("the source is on a masked-growth ramp (config.json msg_masks): train it past the ramp's "
+                       "end first, where the masks fold into the weights")
     if source.is_moe:
         raise LabError(f"the source is a Mixture of Experts ({source.n_experts} experts); grow a dense "
                        "checkpoint, then upcycle it")
@@ -138,4 +156,4 @@ def plan_growth(source: ModelConfig, *, method: str = "fpi", dim: int | None = N
                                 head_dim=hd, tie_embeddings=False)
     except ValueError as e:
         raise LabError(str(e)) from None
-    return GrowthPlan(source, target, method, depth, map, float(noise), seed, placement)
+    return GrowthPlan(source, target, method, depth, map, float(noise), seed, placement, ramp_steps)

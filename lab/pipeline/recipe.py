@@ -17,10 +17,12 @@ stages:
   - name: grown
     stage: scale-up
     grow: {method: aki-pro, dim: 256, n_layers: 6, n_heads: 8, ffn_dim: 704}   # lab.growth.plan_growth
+    # (method msg takes ramp_steps too, at most the stage's train.max_steps: lab.growth.msg)
   - name: moe
     stage: scale-out
     upcycle: {n_experts: 8, top_k: 2}                                           # lab.upcycle.UpcyclePlan
-    # (also aux_loss_coef, z_loss_coef, router_loss_aggregation: sum | mean, written to config.json)
+    # (also aux_loss_coef, z_loss_coef, router_loss_aggregation: sum | mean, written to config.json;
+    #  granularity, shared_experts: lab.upcycle.shared)
     data: {batch_size: 32}         # a stage may change batch_size and grad_accum only
 baseline:                          # optional: the final model's shape trained from scratch
   optim: {lr: 1.0e-3}
@@ -48,7 +50,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from lab.config import ROUTER_LOSS_AGGREGATIONS, ModelConfig, without_later_defaults
+from lab.checkpoint.hf_config import INSERTED_LAYERS
+from lab.config import BALANCES, ROUTER_LOSS_AGGREGATIONS, ModelConfig, without_later_defaults
 from lab.errors import LabError, RecipeError, quoted
 from lab.flops import flops_per_token
 from lab.growth import DEPTH_KINDS, MAP_KINDS, METHODS, PLACEMENTS, GrowthPlan, plan_growth
@@ -64,7 +67,7 @@ BASELINE_KEYS = ("name", "data", "optim", "train")
 STAGE_DATA_KEYS = ("batch_size", "grad_accum")  # the rest of `data` decides the validation windows
 # plan_growth's keyword arguments and their types.
 GROW_OPTIONS = {"method": str, "dim": int, "ffn_dim": int, "n_layers": int, "n_heads": int, "n_kv_heads": int,
-                "depth": str, "map": str, "noise": float, "seed": int, "placement": str}
+                "depth": str, "map": str, "noise": float, "seed": int, "placement": str, "ramp_steps": int}
 UPCYCLE_OPTIONS = typing.get_type_hints(UpcyclePlan)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PREVIOUS = "<previous stage>"  # a later stage's init_from until the pipeline runs: the transformed checkpoint
@@ -103,6 +106,7 @@ class Stage:
             return f"{self.plan.method} width{depth}: {shape(self.plan.source)} -> {shape(self.config)}"
         if isinstance(self.plan, UpcyclePlan):
             g = f", granularity {self.plan.granularity}" if self.plan.granularity > 1 else ""
+            g += f", shared experts {self.plan.shared_experts}" if self.plan.shared_experts else ""
             return f"sparse upcycling ({self.plan.routing}{g}) -> {shape(self.config)}"
         start = f"from {self.recipe.init_from}" if self.recipe.init_from else "from scratch"
         return f"{start}: {shape(self.config)}"
@@ -212,6 +216,7 @@ def _grow(cfg: ModelConfig, values: Any, seed: int, where: str) -> GrowthPlan:
 def _upcycle(cfg: ModelConfig, values: Any, seed: int, where: str) -> tuple[UpcyclePlan, ModelConfig]:
     options = _options(values, UPCYCLE_OPTIONS, where)
     _choice(options, "router_loss_aggregation", ROUTER_LOSS_AGGREGATIONS, where)
+    _choice(options, "balance", BALANCES, where)
     options.setdefault("seed", seed)
     plan = UpcyclePlan(**options)
     try:
@@ -265,8 +270,16 @@ def _stage(index: int, raw: Any, shared: dict, name: str, seed: int, previous: M
     elif action == "grow":
         plan = _grow(previous, raw["grow"], seed, f"{where}.grow")
         cfg = plan.target
+        if plan.method == "msg" and plan.ramp_steps > recipe.train.max_steps:  # the next stage needs a plain model
+            raise _fail(f"{where}.grow.ramp_steps", f"must be <= the stage's train.max_steps "
+                        f"({recipe.train.max_steps}), so that its masks fold before it ends, got {plan.ramp_steps}")
     else:
         plan, cfg = _upcycle(previous, raw["upcycle"], seed, f"{where}.upcycle")
+    # LLaMA-Pro's training needs blocks that depth growth inserted: refused here, before any stage runs.
+    inserted = cfg.n_layers > previous.n_layers if action == "grow" else bool(cfg.extra.get(INSERTED_LAYERS))
+    if recipe.train.trainable == "new-blocks" and not inserted:
+        raise _fail(f"{where}.train.trainable", "new-blocks trains the blocks depth growth inserted, and this "
+                    "stage's model has none (grow it with more layers first, or train all)")
     if recipe.data.seq_len > cfg.max_seq_len:
         raise _fail(f"{where}.data.seq_len", f"must be <= the model's max_seq_len ({cfg.max_seq_len}), "
                     f"got {recipe.data.seq_len}")

@@ -26,6 +26,7 @@ from lab.config import dtype_name
 from lab.distributed import DistInfo
 from lab.errors import LabError
 from lab.flops import active_parameters, flops_per_token, mfu
+from lab.msg_masks import mask_ramp, ramp_to, with_ramp
 from lab.train import state as ckpt
 from lab.train.evaluate import greedy_samples, validation_eval
 from lab.train.metrics import MetricsWriter, environment, read_meta, truncate_metrics, write_meta
@@ -35,6 +36,7 @@ from lab.train.setup import base_config, build_model, check_run_dir, load_data, 
 from lab.train.lock import RunLock
 from lab.train.signals import StopFlag, TrainingStopped
 from lab.train.step import train_step
+from lab.train.trainable import freeze_all_but, trained_layers, trained_parameters
 
 
 def train(recipe, out_dir, *, max_steps: int | None = None, resume: bool = False, init_from=None,
@@ -88,6 +90,7 @@ class _Run:
         self.lock = RunLock(out)
         self.checkpoint: Path | None = self.resume_from
         self.cfg = base_config(recipe)
+        self.trained_layers = trained_layers(recipe, self.cfg)  # None: all
         self.data = load_data(recipe, self.cfg, info)
         distributed.barrier(info)  # no process writes before every process has checked
 
@@ -96,9 +99,15 @@ class _Run:
         recipe, info = self.recipe, self.info
         model = build_model(recipe, self.cfg, self.resume_from, keep_meta=info.sharded)
         self.cfg = model.config
+        if info.sharded and mask_ramp(self.cfg) is not None:
+            raise LabError("the model is on a masked-growth ramp (config.json msg_masks): train it on one process "
+                           "until its masks fold (FSDP does not shard the masks)")
         self.save_cfg = self.cfg.replace(dtype=dtype_name(next(model.parameters()).dtype))
         self.save_cfg.extra["eos_token_id"] = self.data.eos  # `lab generate` stops at the end of a document
         self.n_params = model.num_parameters()
+        # Frozen before sharding and before the optimizer is made, which then holds state for what trains only.
+        self.n_trained = (trained_parameters(model) if self.trained_layers is None
+                          else freeze_all_but(model, self.trained_layers))
         bf16 = recipe.train.precision == "bf16"
         self.model = place_model(model, recipe, info)
         self.autocast = contextlib.nullcontext
@@ -115,6 +124,7 @@ class _Run:
             distributed.load_optimizer_state(self.model, self.optimizer, optim_state, info)
             ckpt.restore_rng(rng, scalars["python_rng"])
             self.step, self.tokens = scalars["step"], scalars["tokens"]
+        self._ramp_masks()
         self.metrics = MetricsWriter(self.out, recipe.run, recipe.stage, enabled=info.is_main)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +147,8 @@ class _Run:
         return {"run": recipe.run, "stage": recipe.stage, "recipe": recipe.to_dict(), "recipe_digest": recipe.digest(),
                 "model": self.cfg.to_dict(), "model_type": hf_model_type(self.cfg),
                 "parameters": self.n_params, "active_parameters": active_parameters(self.cfg),
+                "trainable": recipe.train.trainable, "trained_parameters": self.n_trained,
+                "trained_layers": None if self.trained_layers is None else list(self.trained_layers),
                 "flops_per_token": self.flops_per_token, "tokens_per_step": self.tokens_per_step,
                 "peak_flops": self.peak, "environment": environment(self.info.device, self.info.world_size),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -150,6 +162,11 @@ class _Run:
             details["validation loss at the last evaluation"] = {d: round(v, 4) for d, v in self.last_eval.items()}
         details["recipe"] = recipe.to_dict()
         made = f"from `{recipe.init_from}`" if recipe.init_from else "from scratch"
+        ramp = mask_ramp(self.save_cfg)
+        if ramp is not None:  # a run cut short inside the ramp: the masks stay in config.json, for the lab to read
+            made += (f", stopped on its masked-growth ramp (step {ramp.step} of {ramp.ramp_steps}): config.json's "
+                     "msg_masks holds the masks, which the lab applies and transformers does not; train past the "
+                     "ramp for a plain model")
         return model_card(title=recipe.run, summary=f"Trained with the lab ({recipe.stage} stage) {made}.",
                           cfg=self.save_cfg, model_type=hf_model_type(self.save_cfg), base_model=recipe.init_from,
                           tags=(recipe.stage,), details=details)
@@ -168,9 +185,17 @@ class _Run:
                             autocast=self.autocast, info=info)
         self.step += 1
         self.tokens += self.tokens_per_step
+        self._ramp_masks()
         if not math.isfinite(record["loss"]):
             raise LabError(f"the loss is {record['loss']} at step {self.step} (try a lower optim.lr)")
         return record
+
+    def _ramp_masks(self) -> None:
+        """MSG (lab.msg_masks): the masks of the current step, a function of the step, so a resumed run has
+        the same; at the ramp's end they fold into the weights, and checkpoints are plain from then on."""
+        if mask_ramp(self.model.config) is not None:
+            ramp_to(self.model, self.step)
+            self.save_cfg = with_ramp(self.save_cfg, mask_ramp(self.model.config))
 
     # ------------------------------------------------------------------ events
     def _evaluate(self) -> None:

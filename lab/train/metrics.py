@@ -1,5 +1,9 @@
 """A run's record: `meta.json` (recipe, model, environment) and the append-only `metrics.jsonl`.
 
+meta.json also says what the run trains: `trainable` (the recipe's train.trainable: "all" or
+"new-blocks"), `trained_layers` (the decoder layers it trains; null: all of them) and
+`trained_parameters` (how many parameters the optimizer updates; `parameters` when all train).
+
 Every line of metrics.jsonl is one JSON object, one event. Every record carries:
 
     run, stage     the recipe's names
@@ -17,8 +21,11 @@ and, by event:
                 (router z-loss), router_loss_aggregation ("sum" or "mean": how aux_loss and z_loss
                 combine the MoE layers', lab.moe; under "sum" a balanced model logs aux_loss =
                 n_moe_layers), router_entropy (nats, mean over layers), tokens_per_expert (a list per
-                MoE layer of counts per expert, over the step's tokens x top_k). Values are means over
-                the step's micro-batches.
+                MoE layer of counts per expert, over the step's tokens x top_k), balance ("aux_loss",
+                "aux_free" or "none", lab.moe: only under "aux_loss" does loss hold the aux_loss term;
+                aux_loss is reported under all three), and under "aux_free" expert_bias (a list per MoE
+                layer of the routing bias per expert, after this step's update: the bias the next step
+                chooses experts with). Values are means over the step's micro-batches.
     eval        val_loss {domain: loss} on the fixed validation windows, val_loss_mean (mean over domains);
                 for an MoE also tokens_per_expert_by_domain {domain: [counts per expert] per MoE layer}
                 on those windows (every process evaluates the same windows: no reduction)

@@ -6,11 +6,12 @@ stage: pretrain           # what this run is in a pipeline: pretrain, scale-up, 
 seed: 0                   # model initialisation and data order
 model: {dim: 128, ...}    # ModelConfig fields; or instead:
 init_from: path/to/ckpt   # a Hugging Face directory to start from (its config.json gives the model)
-data:    {corpus: null, tokenizer: null, tokens: null, seq_len: 128, batch_size: 16, grad_accum: 1}
+data:    {corpus: null, tokenizer: null, tokens: null, seq_len: 128, batch_size: 16, grad_accum: 1,
+          domains: null}
 optim:   {lr: 3.0e-3, min_lr_ratio: 0.1, warmup_steps: 30, schedule: cosine, weight_decay: 0.1,
           betas: [0.9, 0.95], eps: 1.0e-8, grad_clip: 1.0}
 train:   {max_steps: 300, eval_every: 50, eval_sequences: 8, save_every: 100, keep_checkpoints: 2,
-          log_every: 1, precision: fp32, sample_tokens: 32}
+          log_every: 1, precision: fp32, sample_tokens: 32, trainable: all}
 hardware: {device: auto, peak_tflops: null, gpu: null, compile: false, activation_checkpointing: false,
            meta_init: auto, fused_optimizer: auto}
 ```
@@ -21,8 +22,16 @@ one micro-batch across all processes; an optimizer step takes `grad_accum` of th
 `tokenizer` and `init_from` paths are relative to the current directory; null means the shipped
 corpus and tokenizer. `tokens` names a folder of token shards (`python -m lab data build`) to train
 on instead of the corpus's train split, read through memory maps; validation stays on `corpus`'s
-validation split, so losses compare with runs on the shipped corpus. `optim.lr` is the peak, reached
+validation split, so losses compare with runs on the shipped corpus. `data.domains` (a list; null, the
+default: every domain) restricts the training data to those domains of `tokens` or `corpus` (`[code]`
+continues a model on code alone, as LLaMA-Pro does); validation still reads every domain, so a run shows
+what it forgets. `optim.lr` is the peak, reached
 after `warmup_steps`; the schedule ends at `min_lr_ratio * lr` after `train.max_steps`.
+
+`train.trainable` says what the run updates: `all` (every parameter), or `new-blocks`, LLaMA-Pro's block
+expansion training (Wu et al. 2024, arXiv 2401.02415): only the decoder layers depth growth inserted,
+which the starting checkpoint records (config.json's `inserted_layers`, written by `python -m lab grow`);
+everything else stays frozen, embeddings, final norm and LM head included (`lab.train.trainable`).
 
 `hardware` says how to run, never what is computed (it is left out of the digest, so a run may resume
 on other hardware): `compile` wraps each block in `torch.compile`; `activation_checkpointing`
@@ -53,6 +62,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "always", "never")  # auto: on CUDA only
+TRAINABLE = ("all", "new-blocks")  # what a run updates (lab.train.trainable)
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,10 @@ class DataSpec:
     seq_len: int = field(default=128, metadata=positive())
     batch_size: int = field(default=16, metadata=positive())
     grad_accum: int = field(default=1, metadata=positive())
+    # The domains training reads (None: all of them); each must be a domain of the training data (checked
+    # when the data loads, `lab.data.chosen_domains`). Validation reads every domain either way.
+    domains: tuple[str, ...] | None = field(default=None, metadata=rule(
+        lambda v: v is None or (len(v) > 0 and len(set(v)) == len(v)), "must be a non-empty list of distinct domains"))
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,8 @@ class TrainSpec:
     precision: str = field(default="fp32", metadata=one_of(*PRECISIONS))
     # Greedy tokens generated per domain prompt at each evaluation; 0 turns samples off.
     sample_tokens: int = field(default=32, metadata=non_negative())
+    # all, or only the blocks depth growth inserted (LLaMA-Pro): the rest is frozen, out of the optimizer.
+    trainable: str = field(default="all", metadata=one_of(*TRAINABLE))
 
 
 @dataclass(frozen=True)
@@ -177,6 +193,10 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
         origin = typing.get_origin(kind)
     if origin is tuple:
         items = typing.get_args(kind)
+        if len(items) == 2 and items[1] is Ellipsis:  # tuple[str, ...]: a list of any length
+            if not isinstance(value, (list, tuple)):
+                raise RecipeError(name, f"must be a list, got {quoted(value)}")
+            return tuple(_coerce(v, items[0], name) for v in value)
         if not isinstance(value, (list, tuple)) or len(value) != len(items):
             raise RecipeError(name, f"must be a list of {len(items)} numbers, got {quoted(value)}")
         return tuple(_coerce(v, t, name) for v, t in zip(value, items))

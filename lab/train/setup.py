@@ -99,9 +99,10 @@ def load_data(recipe: Recipe, cfg: ModelConfig, info: DistInfo) -> RunData:
 
         tokenizer_file = tokenizer_path / "tokenizer.json" if tokenizer_path.is_dir() else tokenizer_path
         check_tokenizer(spec.tokens, tokenizer_file)
-        train_tokens = open_joined(spec.tokens, "train")
+        train_tokens = open_joined(spec.tokens, "train", spec.domains)
     else:
         train_tokens = data.load_tokens("train", corpus=spec.corpus, tokenizer=tokenizer)
+        train_tokens = {d: train_tokens[d] for d in data.chosen_domains(train_tokens, spec.domains)}
     validation = data.validation_batches(data.load_tokens("validation", corpus=spec.corpus, tokenizer=tokenizer),
                                          spec.seq_len, recipe.train.eval_sequences)
     prompts = data.domain_prompts(spec.corpus) if recipe.train.sample_tokens else {}
@@ -235,14 +236,19 @@ def load_shards(model: DecoderLM, path: Path, device: torch.device) -> DecoderLM
                 p.to_local().copy_(distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None).to_local())
             else:
                 p.copy_(source.tensor(name).to(dtype=p.dtype))
+        # The aux-free expert biases are buffers, replicated on every process (lab.moe): read whole.
+        for name, bias in source.expert_biases().items():
+            model.get_buffer(name).copy_(bias)
     return model
 
 
 def adamw(model, lr: float, *, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8,
           fused: bool = False) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (norm weights and biases are not decayed)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW with weight decay on matrices only (norm weights and biases are not decayed), over the
+    parameters that train: a frozen one (requires_grad=False, `lab.train.trainable`) gets no state."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **({"fused": True} if fused else {}))
 

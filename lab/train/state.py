@@ -145,8 +145,9 @@ def save_checkpoint(run_dir: Path, step: int, cfg: ModelConfig, model_state: dic
     partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         extra = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
+        # expert_bias: the aux-free routing biases are model state too (buffers), so a resume routes as before.
         write_lab_checkpoint(partial, cfg, lambda name, e: model_state[name] if e is None else model_state[name][e],
-                             extra_files=extra)
+                             extra_files=extra, expert_bias=True)
         tensors, python_rng = _rng_state()
         for name, values in optim_state["state"].items():
             for key, value in values.items():

@@ -5,7 +5,9 @@ The step sets the learning rate, runs forward and backward over its micro-batche
 each micro-batch's loss is divided by their number), clips the gradient norm, steps the optimizer and
 returns the step's record in the metrics schema (lab.train.metrics): the losses averaged over
 micro-batches (and over processes in a sharded run), the learning rate, the gradient norm, and for an
-MoE its auxiliary losses, router entropy and tokens per expert (summed).
+MoE its auxiliary losses, router entropy and tokens per expert (summed). Under aux-loss-free balancing
+(`balance: aux_free`) the step then moves every MoE layer's expert bias against that step's load
+(`lab.train.balance`) and records the biases.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from lab import distributed
+from lab.train.balance import expert_biases, update_expert_biases
 
 
 def train_step(model, micro_batches: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, lr: float, *,
@@ -26,7 +29,8 @@ def train_step(model, micro_batches: Sequence[torch.Tensor], optimizer: torch.op
 
     `micro_batches` (at least one, on the model's device) make one step of gradient accumulation.
     `grad_clip` <= 0 means no clipping (the norm is still measured).
-    With `info` of a sharded run, the losses are averaged and the expert counts summed over processes.
+    With `info` of a sharded run, the losses are averaged and the expert counts summed over processes,
+    before the expert biases (if any) move by them: every process keeps the same biases.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -54,8 +58,12 @@ def train_step(model, micro_batches: Sequence[torch.Tensor], optimizer: torch.op
     if experts is not None:
         if info is not None:
             experts = distributed.all_reduce(experts, info, op="sum")
-        # Summed losses grow with depth: the record says which kind it holds.
+        update_expert_biases(model, experts, model.config.balance_bias_rate)  # a no-op unless aux_free
+        # Summed losses grow with depth, and `loss` holds aux_loss under one balance only: the record says which.
         record.update(aux_loss=means[2].item(), z_loss=means[3].item(),
-                      router_loss_aggregation=model.config.router_loss_aggregation,
+                      router_loss_aggregation=model.config.router_loss_aggregation, balance=model.config.balance,
                       router_entropy=means[4].item(), tokens_per_expert=experts.tolist())
+        biases = expert_biases(model)
+        if biases is not None:
+            record["expert_bias"] = biases
     return record

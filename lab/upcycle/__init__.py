@@ -4,6 +4,8 @@
 - `sparse`: experts copied from the dense MLP, routers drawn at random (Komatsuzaki et al. 2023);
 - `granularity`: fine-grained experts as slices of the MLP in virtual groups, and weight scaling
   (He et al. 2024);
+- `shared`: N slices of the MLP as one always-on shared expert, the rest routed in virtual groups
+  (DeepSeekMoE, Dai et al. 2024; Qwen2-MoE's sigmoid-gated shared expert);
 - `drop`: Drop-Upcycling's partial re-initialisation (Nakamura et al. 2025);
 
 The rules know nothing of files: `lab.derive` runs them checkpoint to checkpoint, tensor by tensor

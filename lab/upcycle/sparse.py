@@ -6,7 +6,9 @@ in-memory API both call it, so a checkpoint and a notebook model are the same nu
 
 Invariant (topk_softmax, granularity G, drop_ratio 0, noise 0): the upcycled model equals the dense
 one, logit for logit, whatever the router (experts are slices of the dense MLP, a virtual group's
-slices fire together, and the down projections are scaled by G; see `lab.upcycle.granularity`).
+slices fire together, and the down projections are scaled by G; see `lab.upcycle.granularity`). With
+N shared experts, N slices form the always-on shared expert and the groups hold the other G - N, with
+the same invariant (`lab.upcycle.shared`).
 
 Randomness (router rows, dropped units, noise) comes from generators seeded by (seed, layer, expert,
 purpose), so a tensor's value does not depend on the order in which tensors are made.
@@ -23,16 +25,30 @@ from lab.seeding import seeded_generator
 from lab.upcycle.drop import dropped_units, reinit_units
 from lab.upcycle.granularity import expert_scale, expert_slice, group_rows
 from lab.upcycle.plan import UpcyclePlan
+from lab.upcycle.shared import routed_group_size, routed_shard, shared_expert_gate_weight, shared_expert_weight
 
 DENSE_NAMES = {"w_gate": "gate_proj", "w_up": "up_proj", "w_down": "down_proj"}
+# The shared expert's projections (lab.mlp.MLP's names), by the expert weight they are cut like.
+SHARED_NAMES = {f"shared_expert.{dense}.weight": which for which, dense in DENSE_NAMES.items()}
+
+
+def expert_down_scale(plan: UpcyclePlan) -> float:
+    """The factor on every routed expert's down projection: `expert_scale` for groups of G - N slices
+    (G, or G - N with shared experts, for topk_softmax), 1 without weight scaling."""
+    if not plan.weight_scaling:
+        return 1.0
+    group = routed_group_size(plan.granularity, plan.shared_experts)
+    return expert_scale(plan.routing, plan.n_experts, group, plan.top_k)
 
 
 def router_weight(plan: UpcyclePlan, layer: int, dim: int) -> torch.Tensor:
     """Router weights (E, dim) of one layer: one Normal(0, router_init_std) row per virtual group,
-    repeated G times, fp32. Depends only on (seed, layer)."""
+    repeated once per expert of the group (G, or G - N with N shared experts), fp32. Depends only on
+    (seed, layer)."""
     generator = seeded_generator(plan.seed, "router", layer)
-    rows = torch.randn(plan.n_experts // plan.granularity, dim, generator=generator) * plan.router_init_std
-    return group_rows(rows, plan.granularity)
+    group = routed_group_size(plan.granularity, plan.shared_experts)
+    rows = torch.randn(plan.n_experts // group, dim, generator=generator) * plan.router_init_std
+    return group_rows(rows, group)
 
 
 class UpcycleTensors:
@@ -41,14 +57,15 @@ class UpcycleTensors:
     `read(name)` returns a dense-model tensor by lab name. Expert weights are made per expert
     (`expert=e`) or stacked (E, ...) when `expert` is None. An expert weight is: the expert's slice of
     the dense weight, its dropped units re-drawn (Drop-Upcycling), noise added, and, for w_down, scaled
-    by `expert_scale` when the plan asks for weight scaling.
+    by `expert_scale` when the plan asks for weight scaling. The shared expert (with `shared_experts` N)
+    is the first N slices, its down projection x 2, and its gate zero (`lab.upcycle.shared`); Drop-
+    Upcycling and noise leave it alone, since they break the symmetry of copies and it has none.
     """
 
     def __init__(self, plan: UpcyclePlan, source: ModelConfig, target: ModelConfig,
                  read: Callable[[str], torch.Tensor]):
         self.plan, self.source, self.target, self.read = plan, source, target, read
-        self.scale = (expert_scale(plan.routing, plan.n_experts, plan.granularity, plan.top_k)
-                      if plan.weight_scaling else 1.0)
+        self.scale = expert_down_scale(plan)
         self._cached: tuple[str, torch.Tensor, float, float] | None = None
 
     def __call__(self, name: str, expert: int | None = None) -> torch.Tensor:
@@ -59,6 +76,11 @@ class UpcycleTensors:
         if rest == "mlp.router.weight":
             return router_weight(self.plan, layer, self.target.dim)
         which = rest.removeprefix("mlp.")
+        if which == "shared_expert_gate.weight":
+            return shared_expert_gate_weight(self.target.dim)
+        if which in SHARED_NAMES:
+            dense, _, _ = self._dense(layer, SHARED_NAMES[which])
+            return shared_expert_weight(dense, SHARED_NAMES[which], self.plan.granularity, self.plan.shared_experts)
         if which not in DENSE_NAMES:
             return self.read(name)
         if expert is None:
@@ -77,7 +99,8 @@ class UpcycleTensors:
     def expert_weight(self, layer: int, which: str, expert: int) -> torch.Tensor:
         plan = self.plan
         dense, mean, std = self._dense(layer, which)
-        weight = expert_slice(dense, which, expert, plan.granularity)
+        shard = routed_shard(expert, plan.granularity, plan.shared_experts)
+        weight = expert_slice(dense, which, shard, plan.granularity)
         if plan.drop_ratio > 0:
             # The same units in gate, up and down: the generator for the indices ignores `which`.
             units = dropped_units(self.target.moe_ffn_dim, plan.drop_ratio,
