@@ -56,6 +56,13 @@ def test_lab_model_round_trips_through_transformers(fields, model_type, tmp_path
     again = lab.load_pretrained(tmp_path / "ckpt")
     with torch.no_grad():
         torch.testing.assert_close(again(IDS).logits, model(IDS).logits)
+    assert again.config.shared_expert_ffn_dim == model.config.shared_expert_ffn_dim
+    # No zero-size tensor: a qwen2_moe without a shared expert gets a one-unit one of zeros instead.
+    from safetensors import safe_open
+
+    for path in (tmp_path / "ckpt").glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            assert all(0 not in f.get_slice(key).get_shape() for key in f.keys()), path
 
 
 def test_qwen2_moe_with_dense_layers_loads(tmp_path):

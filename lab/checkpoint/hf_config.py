@@ -7,8 +7,10 @@ Which type the lab writes follows from the config, never from a name:
 - dense: `qwen2` when q/k/v have a bias (Aquila's layout), `llama` otherwise (`mistral` with a
   sliding window);
 - MoE: `mixtral` when every layer is MoE, without q/k/v bias or shared expert, with Mixtral's routing;
-  `qwen2_moe` otherwise (it always carries q/k/v biases and a shared expert, written as zeros or
-  as empty tensors when the model has none, which changes nothing in the function).
+  `qwen2_moe` otherwise (it always carries q/k/v biases and a shared expert: a model without them gets
+  zeros there, which changes nothing in the function; a missing shared expert is written as one unit of
+  zeros, never as empty tensors, and config.json's lab-only `SHARED_EXPERT_PLACEHOLDER` key says so,
+  so that the lab reads the model back without one).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ _PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id")
 # decoder layers depth growth inserted (`lab.growth.depth.inserted_copies`), written by `lab.derive`'s growth
 # and carried through training, so that `train.trainable: new-blocks` (LLaMA-Pro) knows which blocks to train.
 INSERTED_LAYERS = "inserted_layers"
+# qwen2_moe always builds a shared expert; for a model without one the lab writes a one-unit shared expert of
+# zeros (sigmoid(0) x down(silu(0) x 0) = 0 exactly) rather than zero-size tensors, which some loaders refuse,
+# and marks it with this key so that reading it back gives a model without a shared expert again.
+SHARED_EXPERT_PLACEHOLDER = "shared_expert_is_placeholder"
+PLACEHOLDER_SHARED_EXPERT_SIZE = 1
 
 
 class _Fields:
@@ -154,7 +161,8 @@ def config_from_hf(d: dict[str, Any], source: str) -> tuple[ModelConfig, str]:
             n_experts=need("num_experts"), top_k=need("num_experts_per_tok"),
             routing="topk_softmax" if f.get("norm_topk_prob", "bool", False) else "softmax_topk",
             moe_ffn_dim=need("moe_intermediate_size"),
-            shared_expert_ffn_dim=f.get("shared_expert_intermediate_size", "int") or 0,
+            shared_expert_ffn_dim=(0 if f.get(SHARED_EXPERT_PLACEHOLDER, "bool", False)
+                                   else f.get("shared_expert_intermediate_size", "int") or 0),
             moe_layers=tuple(i for i in range(n_layers) if i not in dense_layers and (i + 1) % step == 0),
         )
     if fields.get("n_experts"):
@@ -248,9 +256,12 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
     if model_type == "qwen2_moe":
         d.update(num_experts=cfg.n_experts, num_experts_per_tok=cfg.top_k,
                  norm_topk_prob=cfg.routing == "topk_softmax", moe_intermediate_size=cfg.moe_ffn_dim,
-                 shared_expert_intermediate_size=cfg.shared_expert_ffn_dim, decoder_sparse_step=1,
+                 shared_expert_intermediate_size=cfg.shared_expert_ffn_dim or PLACEHOLDER_SHARED_EXPERT_SIZE,
+                 decoder_sparse_step=1,
                  mlp_only_layers=[i for i in range(cfg.n_layers) if not cfg.is_moe_layer(i)],
                  qkv_bias=True, output_router_logits=False)
+        if not cfg.shared_expert_ffn_dim:
+            d[SHARED_EXPERT_PLACEHOLDER] = True
     if cfg.is_moe:
         # router_aux_loss_coef is transformers' own key; the others are the lab's, kept by transformers
         # as plain attributes of the config (transformers routes without the aux-free bias: lab.checkpoint.hf_names).

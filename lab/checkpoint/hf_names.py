@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab.checkpoint.hf_config import PLACEHOLDER_SHARED_EXPERT_SIZE
 from lab.config import ModelConfig
 
 # Mixtral names its expert projections w1 (gate), w3 (up), w2 (down).
@@ -78,8 +79,9 @@ def expert_bias_maps(cfg: ModelConfig, model_type: str) -> list[TensorMap]:
 
 def filler_tensors(cfg: ModelConfig, model_type: str) -> dict[str, tuple[int, ...]]:
     """Tensors a `qwen2_moe` checkpoint must hold although the model has no such parameter: zero q/k/v
-    biases for a model without them, and an empty shared expert with a zero gate for a model without
-    one. Zeros there leave the function unchanged. Returns name -> shape."""
+    biases for a model without them, and a one-unit shared expert of zeros with a zero gate for a model
+    without one (`hf_config.SHARED_EXPERT_PLACEHOLDER`). Zeros there leave the function unchanged.
+    Returns name -> shape."""
     if model_type != "qwen2_moe":
         return {}
     fillers: dict[str, tuple[int, ...]] = {}
@@ -90,8 +92,9 @@ def filler_tensors(cfg: ModelConfig, model_type: str) -> dict[str, tuple[int, ..
             fillers[f"{hf}.self_attn.k_proj.bias"] = (cfg.n_kv_heads * cfg.head_dim,)
             fillers[f"{hf}.self_attn.v_proj.bias"] = (cfg.n_kv_heads * cfg.head_dim,)
         if cfg.is_moe_layer(i) and not cfg.shared_expert_ffn_dim:
-            fillers[f"{hf}.mlp.shared_expert.gate_proj.weight"] = (0, cfg.dim)
-            fillers[f"{hf}.mlp.shared_expert.up_proj.weight"] = (0, cfg.dim)
-            fillers[f"{hf}.mlp.shared_expert.down_proj.weight"] = (cfg.dim, 0)
+            units = PLACEHOLDER_SHARED_EXPERT_SIZE
+            fillers[f"{hf}.mlp.shared_expert.gate_proj.weight"] = (units, cfg.dim)
+            fillers[f"{hf}.mlp.shared_expert.up_proj.weight"] = (units, cfg.dim)
+            fillers[f"{hf}.mlp.shared_expert.down_proj.weight"] = (cfg.dim, units)
             fillers[f"{hf}.mlp.shared_expert_gate.weight"] = (1, cfg.dim)
     return fillers
