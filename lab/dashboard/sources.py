@@ -199,18 +199,18 @@ def select_runs(label: str, runs: dict[str, Run], default: Sequence[str], key: s
     return [runs[c] for c in chosen]
 
 
-TOP_LEVEL = "(top level)"
+TOP_LEVEL_GROUP = "(top level)"
 
 
 def group_of(label: str) -> str:
     """A run's group: the first component of its path in the runs directory (growth, routing, ...)."""
-    return label.split("/", 1)[0] if "/" in label else TOP_LEVEL
+    return label.split("/", 1)[0] if "/" in label else TOP_LEVEL_GROUP
 
 
 def groups(runs: dict[str, Run]) -> dict[str, list[str]]:
     """group -> labels of its runs, top-level runs first, then the groups in sorted order."""
     out: dict[str, list[str]] = {}
-    for label in sorted(runs, key=lambda l: (group_of(l) != TOP_LEVEL, group_of(l), l)):
+    for label in sorted(runs, key=lambda l: (group_of(l) != TOP_LEVEL_GROUP, group_of(l), l)):
         out.setdefault(group_of(label), []).append(label)
     return out
 

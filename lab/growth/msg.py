@@ -33,7 +33,7 @@ from lab.config import ModelConfig
 from lab.growth.depth import inserted_copies, layer_order
 from lab.msg_masks import MaskRamp, with_ramp
 from lab.growth.plan import GrowthPlan
-from lab.growth.transform import RULES, growth_maps
+from lab.growth.transform import TENSOR_RULES, growth_maps
 from lab.model import DecoderLM, parameter_shapes
 from lab.seeding import seeded_generator
 
@@ -70,7 +70,7 @@ class MaskedGrowthTensors:
         else:
             rest = source_name = name
         source = self.read(source_name)
-        grown = [(dim, self.source_positions[unit]) for dim, unit, _ in RULES[rest]
+        grown = [(dim, self.source_positions[unit]) for dim, unit, _ in TENSOR_RULES[rest]
                  if self.source_positions[unit] is not None]
         if not grown:
             return source

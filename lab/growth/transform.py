@@ -42,7 +42,7 @@ from lab.model import parameter_shapes
 from lab.seeding import seeded_generator
 
 # Per tensor: (dimension, unit, how) for each grown dimension. "out" may be AKI, "copy" is always FPI.
-RULES: dict[str, tuple[tuple[int, str, str], ...]] = {
+TENSOR_RULES: dict[str, tuple[tuple[int, str, str], ...]] = {
     "tok_embeddings.weight": ((1, "hidden", "copy"),),
     "norm.weight": ((0, "hidden", "copy"),),
     "lm_head.weight": ((1, "hidden", "split"),),
@@ -122,7 +122,7 @@ class GrowthTensors:
     def _in_grown(self, source_name: str, rest: str) -> torch.Tensor:
         """The source tensor with every dimension but the AKI-able out-dimension grown."""
         w = self.read(source_name)
-        for dim, unit, how in RULES[rest]:
+        for dim, unit, how in TENSOR_RULES[rest]:
             if how == "split":
                 w = fpi_in(w, self.maps[unit], dim)
             elif how == "copy":
@@ -132,7 +132,7 @@ class GrowthTensors:
     def _grow(self, rest: str, layer: int | None) -> torch.Tensor:
         source_name = rest if layer is None else f"layers.{layer}.{rest}"
         w = self._in_grown(source_name, rest)
-        for dim, unit, how in RULES[rest]:
+        for dim, unit, how in TENSOR_RULES[rest]:
             if how != "out":
                 continue
             m = self.maps[unit]
@@ -145,7 +145,7 @@ class GrowthTensors:
     def _with_noise(self, w: torch.Tensor, rest: str, source_name: str) -> torch.Tensor:
         """Symmetric noise on the split dimension, seeded by (seed, source tensor): the copies of a layer
         made by depth growth get the same noise, whatever order the tensors are asked in."""
-        split = [(dim, self.maps[unit]) for dim, unit, how in RULES[rest] if how == "split"]
+        split = [(dim, self.maps[unit]) for dim, unit, how in TENSOR_RULES[rest] if how == "split"]
         if self.plan.noise == 0 or not split or split[0][1].is_identity:
             return w
         dim, m = split[0]

@@ -61,7 +61,7 @@ from lab.yaml_input import read_yaml
 
 STAGE_KINDS = ("preparation", "scale-up", "scale-out")
 SHARED = ("data", "optim", "train", "hardware")
-TOP_LEVEL = ("pipeline", "seed", *SHARED, "stages", "baseline")
+PIPELINE_KEYS = ("pipeline", "seed", *SHARED, "stages", "baseline")
 STAGE_KEYS = ("name", "stage", "model", "init_from", "grow", "upcycle", "data", "optim", "train")
 BASELINE_KEYS = ("name", "data", "optim", "train")
 STAGE_DATA_KEYS = ("batch_size", "grad_accum")  # the rest of `data` decides the validation windows
@@ -316,7 +316,7 @@ def load_pipeline(source: str | os.PathLike | dict | Pipeline) -> Pipeline:
     if isinstance(source, Pipeline):
         return source
     values = read_pipeline_values(source)
-    values = _mapping(values, "recipe", TOP_LEVEL)
+    values = _mapping(values, "recipe", PIPELINE_KEYS)
     name = values.get("pipeline")
     if not isinstance(name, str) or not _NAME.match(name):
         raise _fail("pipeline", f"must name the pipeline (letters, digits, '_', '.', '-'), got {quoted(name)}")

@@ -134,7 +134,7 @@ class HardwareSpec:
 
 
 SECTIONS = {"data": DataSpec, "optim": OptimSpec, "train": TrainSpec, "hardware": HardwareSpec}
-TOP_LEVEL = ("run", "stage", "seed", "model", "init_from", *SECTIONS)
+RECIPE_KEYS = ("run", "stage", "seed", "model", "init_from", *SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -267,13 +267,13 @@ def load_recipe(source: str | os.PathLike | dict | Recipe) -> Recipe:
         return source
     values = read_yaml(source) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(values, dict):
-        raise RecipeError("", f"must be a mapping with keys {', '.join(TOP_LEVEL)}, got {type(values).__name__}")
+        raise RecipeError("", f"must be a mapping with keys {', '.join(RECIPE_KEYS)}, got {type(values).__name__}")
     if "stages" in values or "pipeline" in values:
         raise RecipeError("", "this is a pipeline recipe (it has stages); run it with "
                               "`python -m lab pipeline --recipe FILE --out DIR`")
-    unknown = sorted(k if isinstance(k, str) else quoted(k) for k in set(values) - set(TOP_LEVEL))
+    unknown = sorted(k if isinstance(k, str) else quoted(k) for k in set(values) - set(RECIPE_KEYS))
     if unknown:
-        raise RecipeError(unknown[0][:60], f"unknown key (known: {', '.join(TOP_LEVEL)})")
+        raise RecipeError(unknown[0][:60], f"unknown key (known: {', '.join(RECIPE_KEYS)})")
     if "run" not in values:
         raise RecipeError("run", "missing (every recipe names its run)")
     run = _coerce(values["run"], str, "run")
