@@ -21,7 +21,9 @@
 # 2. looks at the router at init, then at the load per expert, per layer and per domain as training goes;
 # 3. compares the routing choices with the reference runs: load-balancing loss and z-loss on and off,
 #    top-k-then-softmax against softmax-then-top-k, fine-grained experts in virtual groups;
-# 4. shows why Drop-Upcycling re-initialises part of each expert.
+# 4. shows why Drop-Upcycling re-initialises part of each expert;
+# 5. trains the same upcycled model with aux-loss-free balancing (DeepSeek-V3) next to the load-balancing loss;
+# 6. builds a shared expert out of the dense MLP (DeepSeekMoE, Qwen2-MoE) and checks which part is exact.
 
 # %%
 import math
@@ -32,13 +34,14 @@ import torch
 from IPython.display import display
 
 import lab
+from lab.mlp import MLP
 from lab.plots.curves import loss_figure
 from lab.plots.experts import domain_load_figure, expert_load_heatmap, router_metrics_figure
 from lab.plots.matrices import matrices_figure
 from lab.teach.claims import claims_table, per_seed_table
 from lab.teach.controls import live_figure
 from lab.teach.display import setup_plotly
-from lab.teach.experts import expert_load_by_domain
+from lab.teach.experts import expert_load_by_domain, load_cv, with_load_cv
 from lab.teach.fast import pick, setup_torch
 from lab.teach.loop import as_run, train_steps, val_loss, validation_windows
 from lab.teach.reference import missing_note, reference_group
@@ -243,6 +246,153 @@ matrices_figure({"sparse upcycling": cosine_matrix(expert_units(moes["top-k → 
                 title="Similarity between experts at initialisation (layer 0)")
 
 # %% [markdown]
+# ## 6. Balancing without an auxiliary loss
+#
+# The load-balancing loss of section 3 is a gradient that competes with the language-model loss: too weak
+# and the load stays uneven (section 3); too strong and, as Wang et al. measure, it costs model quality. **Aux-loss-free balancing**
+# (Wang et al. 2024, "Auxiliary-Loss-Free Load Balancing Strategy for Mixture-of-Experts", arXiv 2408.15664;
+# used by DeepSeek-V3, arXiv 2412.19437, 2.1.2) takes balance out of the loss. Each expert $e$ of a layer gets a
+# bias $b_e$ that is added to its router probability *for choosing the top-k only*; the combine weights are the
+# unbiased probabilities, so the bias decides which experts run, never how much they count, and no gradient
+# reaches it. After every optimizer step
+#
+# $$b_e \leftarrow b_e + \gamma\, \operatorname{sign}(\bar c - c_e),$$
+#
+# with $c_e$ the tokens expert $e$ received in that step, $\bar c$ their mean and $\gamma$ the bias rate
+# (`balance_bias_rate`, 0.001 by default): an overloaded expert is made less likely to be chosen, an idle one
+# more. In the lab it is `ModelConfig.balance = "aux_free"` (`lab/moe.py` routes, `lab/train/balance.py`
+# updates the biases, each train record carries them as `expert_bias`); `"aux_loss"` is section 3's model and
+# `"none"` balances nothing. The load-balancing loss is still computed and logged under all three, as a
+# measure. The upcycled model starts with zero biases, so upcycling stays exact (printed below).
+#
+# Section 3's training was the `aux_loss` run. The same upcycled model, data and steps with the other two:
+
+# %%
+balance_records = {"aux_loss": records}   # section 3: load-balancing loss x 0.001
+for balance in ("aux_free", "none"):
+    model = upcycle_model(dense, UpcyclePlan(balance=balance))
+    gap, _, _ = compare(dense, model, tokens)
+    print(f"{balance}, as upcycled: max |logit gap| to the dense model {gap:.1e}")
+    balance_records[balance] = train_steps(model, pick(150, 40), lr=1e-3, seq_len=SEQ, eval_every=pick(25, 10),
+                                           desc=balance)
+balance_runs = {name: as_run(name, with_load_cv(recs)) for name, recs in balance_records.items()}
+router_metrics_figure(list(balance_runs.values()), metrics=("load_cv", "lm_loss", "aux_loss"), smoothing=0.6,
+                      title="Balance by loss, by bias, or not at all (smoothed)")
+
+# %%
+expert_load_heatmap(balance_runs["aux_free"], title="aux_free: tokens per expert over training (white = uniform)")
+
+# %%
+def balance_summary(recs: list[dict]) -> dict:
+    train = [r for r in recs if r.get("event") == "train"]
+    last = train[-max(1, len(train) // 4):]   # the last quarter of the steps, counts summed: less batch noise
+    summed = torch.tensor([r["tokens_per_expert"] for r in last]).sum(0)
+    biases = last[-1].get("expert_bias")
+    return {"load CV, first step": load_cv(train[0]["tokens_per_expert"]),
+            "load CV, last quarter": load_cv(summed),
+            "LM loss, last quarter": sum(r["lm_loss"] for r in last) / len(last),
+            "validation loss, end": [r for r in recs if r.get("event") == "eval"][-1]["val_loss_mean"],
+            "largest |expert bias|": max(abs(b) for layer in biases for b in layer) if biases else float("nan")}
+
+
+pd.DataFrame({name: balance_summary(recs) for name, recs in balance_records.items()}).T.style.format(
+    "{:.4f}", na_rep="— (no bias)")
+
+# %% [markdown]
+# All three start from the same model, so at the same load CV on the first step (0.82 in the fast run,
+# `LAB_FAST=1`). Read the table: summed over the last quarter of the steps, the aux-free router's load has a CV
+# of 0.34, against 1.06 with the load-balancing loss and 0.99 with nothing (fast run, 40 steps; the full run's
+# 150 steps give 0.09 against 1.02 and 1.11). The bias did what the loss at the paper's 0.001 did not begin to
+# do: `aux_loss` and `none` are hardly apart, that coefficient being too weak to matter here (section 3). Step
+# by step the picture is noisier (the top panel: one batch of a few hundred tokens × top-2 per step). The bias
+# moves by a fixed $\gamma$ each step in the direction the last batch asked for, so the load moves from expert
+# to expert rather than settling, and the balance shows in the counts summed over steps more than in any single
+# step. At the end the largest bias is 0.03 (0.030 in the fast run, 0.029 in the full one), a quarter of the
+# uniform probability 1/8 it is added to.
+#
+# The price in this run: none that shows. The LM loss over the last quarter and the validation loss at the
+# end differ between the three by 0.003 or less in the fast run (about 0.006 at most in the full one). This is one
+# seed and a few dozen steps of a 2-layer model, a demonstration of the mechanism rather than a comparison of
+# the methods: Wang et al. report better balance *and* a lower perplexity than the auxiliary loss for 1B and 3B
+# models trained on 100B and 200B tokens, and this run neither supports nor contradicts the second half of
+# that.
+
+# %% [markdown]
+# ## 7. Shared experts
+#
+# DeepSeekMoE (Dai et al. 2024, arXiv 2401.06066) pairs fine-grained experts with a few **shared experts** that
+# every token passes through; Qwen1.5-MoE and Qwen2-MoE carry them as one MLP gated per token by a sigmoid,
+# $y = \text{routed}(x) + \sigma(w_g \cdot x)\, \text{shared}(x)$. Upcycling can build that from the dense MLP
+# (`lab/upcycle/shared.py`). Cut the MLP into $G$ slices along its intermediate units; it is the sum of the $G$
+# small MLPs. With $N$ shared experts:
+#
+# * the shared MLP is slices $0 \dots N-1$, its down projection multiplied by 2, its gate weight $w_g = 0$:
+#   $\sigma(0) = 1/2$ for every token, and $\times 2$ then $\times 1/2$ is exact in binary floating point, so the
+#   gated shared expert *is* those slices, bit for bit;
+# * the routed experts are copies of the other $G - N$ slices in virtual groups of $G - N$ (section 1), one
+#   router row per group, top-$k$ a multiple of $G - N$ so that a group fires whole, down projections
+#   scaled by $G - N$.
+#
+# With top-k-then-softmax the routed part is then the remaining slices for any router, but the dense layer's
+# one sum over units has become two sums added, so the whole layer agrees with the dense MLP to float
+# rounding, not to the bit. Here $G = 4$, $N = 1$: a shared MLP of 32 units and 6 routed experts of 32 units
+# in 2 groups of 3, top-3 (one group per token), so every token still runs 128 units. Each layer's input on the
+# validation tokens, through the dense MLP and through the upcycled layer:
+
+# %%
+def mlp_inputs(model, ids) -> list[torch.Tensor]:
+    """What each layer's MLP reads on `ids` (the normalised hidden states), (tokens, dim) per layer."""
+    seen = []
+    hooks = [block.mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0].flatten(0, -2)))
+             for block in model.layers]
+    with torch.no_grad():
+        model(ids)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def shared_exactness(plan: UpcyclePlan) -> dict:
+    moe_model, G, N = upcycle_model(dense, plan), plan.granularity, plan.shared_experts
+    width = N * dense_cfg.ffn_dim // G
+    shared_gap = layer_gap = 0.0
+    with torch.no_grad():
+        for layer, x in enumerate(mlp_inputs(dense, tokens)):
+            mlp, moe_layer = dense.layers[layer].mlp, moe_model.layers[layer].mlp
+            slices = MLP(dense_cfg.dim, width)   # the dense MLP's first N slices, as an MLP of their own
+            slices.gate_proj.weight.copy_(mlp.gate_proj.weight[:width])
+            slices.up_proj.weight.copy_(mlp.up_proj.weight[:width])
+            slices.down_proj.weight.copy_(mlp.down_proj.weight[:, :width])
+            gated = torch.sigmoid(moe_layer.shared_expert_gate(x)) * moe_layer.shared_expert(x)
+            shared_gap = max(shared_gap, (gated - slices(x)).abs().max().item())
+            layer_gap = max(layer_gap, (moe_layer(x)[0] - mlp(x)).abs().max().item())
+    logit_gap, _, _ = compare(dense, moe_model, tokens)
+    return {"parameters": moe_model.num_parameters(), "gated shared expert vs its dense slices": shared_gap,
+            "MoE layer vs dense MLP": layer_gap, "max |logit gap|": logit_gap}
+
+
+shared_variants = {
+    "G=4, 1 shared, 6 routed, top-3": UpcyclePlan(n_experts=6, top_k=3, granularity=4, shared_experts=1),
+    "same, router std 1.0 (far from uniform)": UpcyclePlan(n_experts=6, top_k=3, granularity=4, shared_experts=1,
+                                                           router_init_std=1.0),
+    "same, softmax → top-k": UpcyclePlan(n_experts=6, top_k=3, granularity=4, shared_experts=1,
+                                         routing="softmax_topk"),
+}
+pd.DataFrame({name: shared_exactness(plan) for name, plan in shared_variants.items()}).T.style.format(
+    {"parameters": "{:,.0f}", "gated shared expert vs its dense slices": "{:.1e}", "MoE layer vs dense MLP": "{:.1e}",
+     "max |logit gap|": "{:.1e}"})
+
+# %% [markdown]
+# The table says which part is exact. The gated shared expert equals its dense slices to the bit (a largest
+# difference of 0 over every token of both layers), with the near-uniform router and with one 50 times wider:
+# it does not involve the router at all. The whole layer equals the dense MLP to a few 1e-6 and the logits to
+# under 1e-5, float32 rounding of two sums where there was one, as for plain upcycling in section 1. With
+# softmax-then-top-k the shared part is still bit-exact, but the routed part is not (a layer difference of 0.52
+# and a logit gap of 0.59 in the fast run): the chosen probabilities do not sum to what the weight scaling
+# assumes, section 1's inexact row again. The upcycled model has 644,672 parameters against 952,000 for eight
+# full copies (section 1), since its seven experts are a quarter of the MLP each.
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Upcycle with `top_k=1`. Is top-k-then-softmax still exact? What weight does the single expert get?
@@ -254,3 +404,7 @@ matrices_figure({"sparse upcycling": cosine_matrix(expert_units(moes["top-k → 
 #    sum to?)
 # 5. Track `cosine_matrix(expert_units(moe, 0))` over training for plain upcycling and for
 #    Drop-Upcycling (use `on_step` of `train_steps`). Do the plain copies ever separate?
+# 6. Train the `aux_free` model of section 6 with `balance_bias_rate` 0.01 and 0.0001 (pass them in
+#    `UpcyclePlan`). How fast does the load CV fall, and what happens to the LM loss?
+# 7. In section 7, upcycle with `granularity=4, shared_experts=2, n_experts=4, top_k=2`. Which slices are
+#    shared, which experts form a group, and is the layer still the dense MLP?

@@ -444,3 +444,45 @@ def test_a_run_keeps_its_colour_whatever_else_is_selected(root):
     alone = {t["name"]: (t["line"]["color"], t["line"]["dash"]) for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
     assert alone["routing/topk-softmax"] == first["routing/topk-softmax"]
     assert first["routing/topk-softmax"] != first["efficientscale-tiny-baseline"]
+
+
+def test_expert_load_demo_trains_under_the_chosen_balance(tmp_path):
+    """With no MoE run to measure, the page's demo MoE trains a few steps under the balance the control chooses:
+    aux-loss-free routing biases move and even out the load; with zero steps the choice can change nothing, and
+    the page says so. The choice comes back after a page switch."""
+    at = visit(app(tmp_path / "missing"), "expert_load")
+    assert_clean(at, "demo, aux_loss")
+    assert at.selectbox(key="demo_balance").value == "aux_loss"
+    assert metric(at, "largest |expert bias|") == "—"  # the load-balancing loss keeps no bias
+    cv_with_loss = float(metric(at, "load CV, last quarter of the steps"))
+    at.selectbox(key="demo_balance").select("aux_free").run()
+    assert_clean(at, "demo, aux_free")
+    assert float(metric(at, "largest |expert bias|")) > 0
+    assert float(metric(at, "load CV, last quarter of the steps")) < cv_with_loss
+    assert "aux_free" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+    at.selectbox(key="demo_balance").select("none").run()
+    assert_clean(at, "demo, none")
+    assert metric(at, "largest |expert bias|") == "—"
+    at.number_input(key="demo_steps").set_value(0).run()
+    assert_clean(at, "demo, no step")
+    assert not at.metric and any("before any step" in c.value for c in at.caption)
+    at = visit(visit(at, "overview"), "expert_load")
+    assert at.selectbox(key="demo_balance").value == "none" and at.number_input(key="demo_steps").value == 0
+
+
+def test_growth_explorer_grows_by_msg_and_sets_its_mask_by_hand(tmp_path):
+    """MSG among the explorer's methods: exact at mask 0 on the pretrained source, and the page says it does not
+    train (the ramp happens in training); the mask slider switches the untrained new units on, which costs loss."""
+    at = visit(app(tmp_path / "missing"), "growth_explorer")
+    at.selectbox(key="method_source-deep").select("msg").run()
+    assert_clean(at, "MSG at mask 0")
+    assert float(metric(at, "max |logit gap|")) < 1e-4
+    assert metric(at, "loss: source") == metric(at, "loss at init: grown")
+    assert any("does not train" in note.value and "100 steps" in note.value for note in at.info)
+    at.slider(key="msg_mask_source-deep").set_value(1.0).run()
+    assert_clean(at, "MSG at mask 1")
+    assert float(metric(at, "max |logit gap|")) > 1e-2
+    assert float(metric(at, "loss at init: grown")) > float(metric(at, "loss: source"))
+    assert any("c = 1, set by hand" in note.value for note in at.info)
+    at.slider(key="noise_source-deep").set_value(0.05).run()  # msg copies nothing: noise is refused in one line
+    assert any("no symmetry to break" in e.value for e in at.error)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import lab
+from lab.errors import LabError
 from lab.flops import savings
 from lab.paper import TABLE6, TABLE6_SCRATCH
 from lab.growth import growth_maps, plan_growth
@@ -269,3 +270,48 @@ def test_the_notebooks_read_seeded_experiments_and_judged_claims(tmp_path):
     assert per_seed_table("table1", ["x"], root=tmp_path).empty  # not exported yet: empty, no error
     shipped = claims_table(["C7", "C8", "C99"])  # data/claims.json, committed
     assert list(shipped.index) == ["C7", "C8"] and set(shipped["verdict"]) <= {"holds", "inconclusive", "contradicted"}
+
+
+# ------------------------------------------------------------------ training helpers (notebooks 01, 02, 04)
+def test_train_steps_ramps_msg_masks_step_by_step_and_folds_them_at_the_end():
+    """As lab.train does: the masks of masked structural growth follow the step, and at the ramp's end they fold
+    into the weights, leaving a plain model."""
+    from lab.msg_masks import mask_ramp
+    from lab.teach.loop import train_steps
+
+    cfg = tiny(vocab_size=4096)
+    torch.manual_seed(0)
+    grown = grow_model(lab.DecoderLM(cfg), plan_growth(cfg, method="msg", ramp_steps=3, ffn_dim=96))
+    seen = []
+    train_steps(grown, 4, batch_size=2, seq_len=16, on_step=lambda step, model, record: seen.append(
+        None if mask_ramp(model.config) is None else mask_ramp(model.config).value))
+    assert seen == [pytest.approx(1 / 3), pytest.approx(2 / 3), None, None]
+    assert all(getattr(m, "msg_mask", None) is None for m in grown.modules())
+
+
+def test_train_steps_on_one_domain_moves_only_what_trains():
+    """`domains` restricts the batches to those domains' text; frozen parameters (LLaMA-Pro's new-blocks
+    training) get no optimizer state and stay bit-identical."""
+    from lab.teach.loop import corpus_tokens, train_batches, train_steps
+    from lab.train.trainable import freeze_all_but
+
+    code = train_batches(16, 2, domains=["code"])
+    assert torch.equal(code.stream, corpus_tokens("train")["code"].to(torch.int64).reshape(-1))
+    with pytest.raises(LabError, match="data.domains: 'klingon' is not a domain"):
+        train_batches(16, 2, domains=["klingon"])
+    torch.manual_seed(0)
+    model = lab.DecoderLM(tiny(vocab_size=4096))
+    freeze_all_but(model, (1,))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    train_steps(model, 2, batch_size=2, seq_len=16, domains=["code"])
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) == (not name.startswith("layers.1.")), name
+
+
+def test_load_cv_is_zero_at_balance_and_averages_layers():
+    from lab.teach.experts import load_cv, with_load_cv
+
+    assert load_cv([[5, 5, 5, 5]]) == 0.0
+    assert load_cv([[0, 10], [5, 5]]) == pytest.approx(0.5)  # layer CVs 1 and 0
+    records = with_load_cv([{"event": "train", "tokens_per_expert": [[0, 10]]}, {"event": "eval"}])
+    assert records[0]["load_cv"] == pytest.approx(1.0) and "load_cv" not in records[1]

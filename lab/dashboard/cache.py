@@ -52,9 +52,3 @@ def source_model(cfg: ModelConfig, train_steps: int, seed: int):
 def shipped_source(name: str):
     return explorer.shipped_source(name)
 
-
-@st.cache_resource(max_entries=4, show_spinner="upcycling a small model...")
-def demo_moe(n_experts: int, top_k: int, routing: str, seed: int):
-    cfg = explorer.source_config(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176)
-    source = source_model(cfg, 20, seed)
-    return explorer.upcycled_demo_model(source, n_experts=n_experts, top_k=top_k, routing=routing, seed=seed)

@@ -12,10 +12,13 @@ request can build a model larger than a few tens of millions of parameters.
   the largest logit gap and both losses on validation windows (`lab.verify.compare`): FPI with an
   integer width ratio and no new layers (or identity blocks) gives a gap at float rounding; stacking,
   interpolation and AKI do not (AquilaMoE Table 1).
+  Masked structural growth (`msg`, Yao et al. 2024, arXiv 2305.02869) is exact at mask 0 for any growth;
+  `mask` sets its masks by hand (no training happens here), to show what the untrained new units would do.
 - `compare_methods`: the loss at initialisation of every growth rule on the same source and target.
 - `domain_expert_load`: tokens per expert per MoE layer, measured separately on each domain's
   validation windows; `upcycled_demo_model` makes a small upcycled MoE to measure when a run has no
-  checkpoint.
+  checkpoint, with the load balancing of its choice, and `train_demo_moe` trains it a few steps, so that
+  the balancing (load-balancing loss, aux-loss-free bias, none) has something to act on.
 """
 
 from __future__ import annotations
@@ -132,6 +135,9 @@ def choice_notes(plan: GrowthPlan) -> list[str]:
     if plan.method == "aki-pro" and s.n_kv_heads == s.n_heads:
         notes.append("The source has no key-value groups (as many kv heads as heads): AKI-Pro's grouped-query rule "
                      "is then AKI's rule, and AKI-Pro equals AKI with the same depth rule.")
+    if plan.method == "msg" and t.n_layers > s.n_layers:
+        notes.append(f"MSG's new layers are fresh (random, behind a mask), not copies: the depth rule ({plan.depth}) "
+                     "only says where they sit, and the copies the layer-order figure shows are not made.")
     if plan.method == "aki-pro" and plan.depth != "interpolate":
         notes.append(f"AKI-Pro is the paper's name for AKI's width rule for grouped-query attention with "
                      f"interpolation depth; with {plan.depth} depth this is that width rule with {plan.depth} depth.")
@@ -140,7 +146,8 @@ def choice_notes(plan: GrowthPlan) -> list[str]:
 
 def plan_for(source: ModelConfig, *, method: str, depth: str, dim: int, n_layers: int, n_heads: int,
              ffn_dim: int, noise: float = 0.0, seed: int = 0) -> GrowthPlan:
-    """`plan_growth` within the explorer's limits (every check of the plan applies too)."""
+    """`plan_growth` within the explorer's limits (every check of the plan applies too); msg gets the default
+    ramp (`lab.growth.plan.MSG_RAMP_STEPS`), which only training reads."""
     for name, value in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("ffn_dim", ffn_dim)):
         _check(name, value)
     if not 0.0 <= noise <= 1.0:
@@ -158,15 +165,25 @@ class GrowthResult:
     source_loss: float
     grown_loss: float
     seconds: float
+    mask: float = 0.0  # msg: the value its masks were set to (0: as grown)
 
 
-def grow_and_compare(source: DecoderLM, plan: GrowthPlan, tokens: torch.Tensor) -> GrowthResult:
-    """Grow `source` by `plan` and compare the two models on `tokens` (n, T)."""
+def grow_and_compare(source: DecoderLM, plan: GrowthPlan, tokens: torch.Tensor, *, mask: float = 0.0) -> GrowthResult:
+    """Grow `source` by `plan` and compare the two models on `tokens` (n, T). For msg, `mask` is the value c of
+    the new units' masks (0: as grown, the source's function; 1: the new units fully on), set without training:
+    the ramp step nearest c * ramp_steps."""
+    from lab.msg_masks import mask_ramp, set_masks
+
+    if not 0.0 <= mask <= 1.0:
+        raise LabError(f"mask must be in [0, 1], got {mask}")
     start = time.perf_counter()
     grown = grow_model(source, plan).eval()
+    ramp = mask_ramp(grown.config)
+    if ramp is not None and mask > 0:
+        set_masks(grown, ramp.at(round(mask * ramp.ramp_steps)))
     gap, source_loss, grown_loss = compare(source, grown, tokens)
     return GrowthResult(plan, source.num_parameters(), grown.num_parameters(), gap, source_loss, grown_loss,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, mask if ramp is not None else 0.0)
 
 
 def compare_methods(source: DecoderLM, tokens: torch.Tensor, **target) -> dict[str, GrowthResult | str]:
@@ -190,11 +207,34 @@ def domain_expert_load(model: DecoderLM, windows: dict[str, torch.Tensor]) -> di
 
 
 def upcycled_demo_model(source: DecoderLM, *, n_experts: int = 8, top_k: int = 2, routing: str = "topk_softmax",
-                        seed: int = 0) -> DecoderLM:
-    """Sparse upcycling of `source` (experts = copies of its MLP, routers ~ N(0, 0.02), seeded)."""
+                        seed: int = 0, balance: str = "aux_loss") -> DecoderLM:
+    """Sparse upcycling of `source` (experts = copies of its MLP, routers ~ N(0, 0.02), seeded); `balance` is how
+    training will keep the load even (lab.moe: "aux_loss", "aux_free" or "none"; the expert biases start at 0)."""
     from lab.upcycle import UpcyclePlan
     from lab.derive import upcycle_model
 
     if not 2 <= n_experts <= 16 or not 1 <= top_k <= n_experts:
         raise LabError(f"experts must be in [2, 16] and top_k in [1, experts], got {n_experts} and {top_k}")
-    return upcycle_model(source, UpcyclePlan(n_experts=n_experts, top_k=top_k, routing=routing, seed=seed)).eval()
+    plan = UpcyclePlan(n_experts=n_experts, top_k=top_k, routing=routing, seed=seed, balance=balance)
+    return upcycle_model(source, plan).eval()
+
+
+def train_demo_moe(model: DecoderLM, *, steps: int, train_tokens: dict[str, torch.Tensor], seed: int = 0,
+                   lr: float = 1e-3) -> list[dict]:
+    """Train the demo MoE in place for `steps` AdamW steps (batches of BATCH x SEQ_LEN tokens of the shipped
+    corpus, the upcycled model's coefficients: load-balancing loss x 0.001, z-loss x 0.01); one train record
+    per step (`tokens_per_expert`, `lm_loss`, `aux_loss`, and `expert_bias` under aux_free balancing), as a
+    run's metrics.jsonl holds them."""
+    from lab.data import TrainBatches
+    from lab.train.setup import adamw
+    from lab.train.step import train_step
+
+    _check("train_steps", steps)
+    batches = TrainBatches(train_tokens, SEQ_LEN, BATCH, seed=seed)
+    optimizer = adamw(model, lr, weight_decay=0.1)
+    model.train()
+    records = [{"event": "train", "step": step + 1, **train_step(model, [batches.batch(step)], optimizer, lr=lr,
+                                                                 grad_clip=1.0)}
+               for step in range(steps)]
+    model.eval()
+    return records

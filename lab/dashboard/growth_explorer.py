@@ -1,11 +1,13 @@
 """Page: grow a model live and see what each Scale-Up method keeps (AquilaMoE 2.2.1, Table 1).
 
-The source is by default a shipped pretrained source (data/sources: a model that has learned something,
-so what growth keeps and loses shows in its loss), or a small custom decoder built in memory (random, or
-trained for a few seconds). The target defaults to the lab's experiments' growth (twice the width, half
-again the depth); the result shows the largest logit gap against the source, the validation loss before
-and after, both parameter counts, and which choices coincide. Every size is bounded (`explorer.LIMITS`),
-so a request takes seconds and little memory.
+The methods are those of `lab.growth` (FPI, AKI, AKI-Pro, and MSG, masked structural growth, whose masks a
+slider sets by hand: the page grows and compares, it does not train). The source is by default a shipped
+pretrained source (data/sources: a model that has learned something, so what growth keeps and loses shows in
+its loss), or a small custom decoder built in memory (random, or trained for a few seconds). The target
+defaults to the lab's experiments' growth (twice the width, half again the depth); the result shows the
+largest logit gap against the source, the validation loss before and after, both parameter counts, and
+which choices coincide. Every size is bounded (`explorer.LIMITS`), so a request takes seconds and little
+memory.
 """
 
 from __future__ import annotations
@@ -84,6 +86,27 @@ def target_inputs(cfg, source_key: str):
     return dict(method=method, depth=depth, dim=dim, n_layers=layers, n_heads=heads, ffn_dim=ffn, noise=noise)
 
 
+def msg_mask_input(source_key: str) -> float:
+    """MSG's mask value, set by hand: the explorer grows and compares, it does not train."""
+    key = f"msg_mask_{source_key}"
+    restore(key, number_in(0.0, 1.0))
+    return st.slider("MSG mask c of the new units (set by hand, no training)", 0.0, 1.0, 0.0, 0.05, key=key,
+                     help="0: as grown, the source's function; 1: the untrained new units fully on. In training the "
+                          "mask ramps from 0 to 1 over the plan's ramp steps while the new units learn")
+
+
+def msg_caption(result: explorer.GrowthResult) -> str:
+    ramp_steps = result.plan.ramp_steps
+    where = ("at c = 0, as grown: the source's function whatever the new weights are" if result.mask == 0 else
+             f"at c = {result.mask:g}, set by hand: the random new units {'fully' if result.mask == 1 else 'partly'} "
+             "on, before they have learnt anything")
+    return (f"Masked structural growth (Yao et al. 2024, arXiv 2305.02869): the new units, heads, hidden dimensions "
+            f"and layers hold fresh random weights, and what they add is scaled by a mask c, here {where}. This page "
+            f"does not train. In training (`python -m lab grow --method msg`, then `python -m lab train`) the mask "
+            f"ramps from 0 to 1 over the plan's {ramp_steps} steps while the new units learn, and then folds into "
+            "the weights.")
+
+
 def show_result(result: explorer.GrowthResult) -> None:
     c = st.columns(4)
     c[0].metric("max |logit gap|", f"{result.max_logit_gap:.2e}")
@@ -95,8 +118,11 @@ def show_result(result: explorer.GrowthResult) -> None:
                 delta_color="off")
     exact = result.plan.is_exact
     st.caption(f"{'Function-preserving' if exact else 'Not function-preserving'} by construction "
-               f"(`GrowthPlan.is_exact` = {exact}); grown and compared in {result.seconds:.2f} s on "
-               f"{explorer.N_PER_DOMAIN} validation windows of {explorer.SEQ_LEN} tokens per domain.")
+               f"(`GrowthPlan.is_exact` = {exact}{', at mask 0' if result.plan.method == 'msg' else ''}); grown and "
+               f"compared in {result.seconds:.2f} s on {explorer.N_PER_DOMAIN} validation windows of "
+               f"{explorer.SEQ_LEN} tokens per domain.")
+    if result.plan.method == "msg":
+        st.info(msg_caption(result))
     for note in explorer.choice_notes(result.plan):
         st.info(note)
     s, t = result.plan.source, result.plan.target
@@ -118,20 +144,21 @@ def render() -> None:
           {"loss right after growth": "validation cross-entropy of the grown model before any step (nats per "
                                       "token); the source's when the method is function-preserving",
            "max logit gap": "largest absolute difference between the grown and the source model's logits on the "
-                            "same tokens (0 for FPI with integer ratios)",
+                            "same tokens (0 for FPI with integer ratios, and for MSG at mask 0)",
            "layer order": "for each new layer, the source layer it starts from (stacking, interpolation, identity)"},
           ("01", "02", "03"))
     try:
         source, source_key = source_inputs()
         cfg = source.config
         target = target_inputs(cfg, source_key)
+        mask = msg_mask_input(source_key) if target["method"] == "msg" else 0.0
         plan = explorer.plan_for(cfg, **target)
     except LabError as e:
         st.error(str(e))
         return
     tokens = cache.window_batch()
     with st.spinner("growing..."):
-        show_result(explorer.grow_and_compare(source, plan, tokens))
+        show_result(explorer.grow_and_compare(source, plan, tokens, mask=mask))
     restore("all", flag)
     if st.checkbox("compare every method on this source and target (paper Table 1 at toy scale)", key="all"):
         sizes = {k: target[k] for k in ("dim", "n_layers", "n_heads", "ffn_dim")}

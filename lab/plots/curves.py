@@ -25,7 +25,8 @@ METRIC_LABELS = {"loss": "training loss", "lm_loss": "LM loss", "val_loss": "val
                  "val_loss_mean": "validation loss (mean over domains)", "lr": "learning rate",
                  "grad_norm": "gradient norm", "tokens_per_s": "tokens / s", "mfu": "MFU",
                  "aux_loss": "load-balancing loss", "z_loss": "router z-loss",
-                 "router_entropy": "router entropy (nats)"}
+                 "router_entropy": "router entropy (nats)",
+                 "load_cv": "load CV (std / mean of tokens per expert)"}
 
 
 def _number(value) -> float | None:

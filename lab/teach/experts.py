@@ -33,3 +33,16 @@ def expert_load_by_domain(model, seq_len: int = 64, n_per_domain: int = 4) -> di
     """`expert_load` on each domain's validation windows: {domain: (n_moe_layers, n_experts)}."""
     counts = count_by_domain(model, validation_windows(seq_len, n_per_domain))
     return {domain: shares(c) for domain, c in counts.items()}
+
+
+def load_cv(tokens_per_expert) -> float:
+    """How uneven one step's load is: per MoE layer, the population std of the tokens each expert got over
+    their mean (0 at perfect balance), averaged over layers; `tokens_per_expert` is a record's (L, E) counts.
+    The seeded experiments' `load_cv` (lab.experiments.readings) is the same measure over a window of steps."""
+    counts = torch.as_tensor(tokens_per_expert, dtype=torch.float64)
+    return (counts.std(dim=1, unbiased=False) / counts.mean(dim=1)).mean().item()
+
+
+def with_load_cv(records: list[dict]) -> list[dict]:
+    """Train records with their step's `load_cv` added (the others unchanged), for `router_metrics_figure`."""
+    return [{**r, "load_cv": load_cv(r["tokens_per_expert"])} if r.get("tokens_per_expert") else r for r in records]

@@ -6,23 +6,26 @@ needs the model in its hands instead. `train_steps` is that: AdamW (weight decay
 `lab.train`), gradient clipping at 1, batches from `lab.data.TrainBatches` (a pure function of the
 step, so two runs from the same model see the same data), and records shaped like those of a
 `metrics.jsonl` (event "train": `step`, `tokens`, `flops`, `loss`, `lm_loss`, and for an MoE `aux_loss`,
-`z_loss`, `router_loss_aggregation`, `router_entropy`, `tokens_per_expert`; event "eval": `val_loss`,
-`val_loss_mean`), so that `as_run` hands them to the same plot builders as a run read from disk (`lab.plots.curves`).
+`z_loss`, `router_loss_aggregation`, `router_entropy`, `tokens_per_expert`, and under aux-loss-free balancing
+`expert_bias`; event "eval": `val_loss`, `val_loss_mean`), so that `as_run` hands them to the same plot builders
+as a run read from disk (`lab.plots.curves`). As in `lab.train`, a model grown by masked structural growth
+(`lab.msg_masks`) has its masks moved one ramp step after every optimizer step, and folded at the ramp's end.
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from lab.data import TrainBatches, load_tokens
+from lab.data import TrainBatches, chosen_domains, load_tokens
 from lab.data import validation_windows as data_validation_windows
 from lab.train.step import train_step
 from lab.flops import flops_per_token
+from lab.msg_masks import mask_ramp, ramp_to
 from lab.runs import MetricsLog, Run
 from lab.teach.fast import pick, progress_enabled
 from lab.train.evaluate import validation_losses
@@ -35,8 +38,11 @@ def corpus_tokens(split: str) -> dict[str, torch.Tensor]:
     return load_tokens(split)
 
 
-def train_batches(seq_len: int, batch_size: int, seed: int = 0) -> TrainBatches:
-    return TrainBatches(corpus_tokens("train"), seq_len, batch_size, seed)
+def train_batches(seq_len: int, batch_size: int, seed: int = 0, domains: Sequence[str] | None = None) -> TrainBatches:
+    """Batches from the shipped train split: every domain, or only `domains` (continued training on new data)."""
+    tokens = corpus_tokens("train")
+    tokens = {d: tokens[d] for d in chosen_domains(tokens, domains)}
+    return TrainBatches(tokens, seq_len, batch_size, seed)
 
 
 def validation_windows(seq_len: int, n_per_domain: int = 4) -> dict[str, torch.Tensor]:
@@ -53,20 +59,25 @@ def val_loss(model, seq_len: int = 64, n_per_domain: int = 4) -> dict[str, float
 def train_steps(model, steps: int, *, lr: float = 3e-3, warmup: int = 0, batch_size: int | None = None, seq_len: int = 64,
                 seed: int = 0, first_step: int = 0, tokens: int = 0, flops: float = 0.0, eval_every: int = 0,
                 on_step: Callable[[int, object, dict], None] | None = None, desc: str = "train",
-                optimizer: torch.optim.Optimizer | None = None, eval_per_domain: int = 4) -> list[dict]:
+                optimizer: torch.optim.Optimizer | None = None, eval_per_domain: int = 4,
+                domains: Sequence[str] | None = None) -> list[dict]:
     """Train `model` in place for `steps` steps; a "train" record per step (and `on_step(step, model, record)`).
 
     The learning rate rises linearly over `warmup` steps, then stays at `lr`. `first_step`, `tokens`
     and `flops` continue the counters of an earlier stage (a pipeline's cumulative axes); batch `i` of
     the data is step `first_step + i`. With `eval_every` N, an "eval" record comes before the first step
     and after every N-th (and the last), on `eval_per_domain` validation windows per domain. `batch_size`
-    defaults to 8 sequences, 4 under `LAB_FAST`.
+    defaults to 8 sequences, 4 under `LAB_FAST`. `domains` trains on those domains' text only (default: all).
+    Parameters with `requires_grad=False` (`lab.train.trainable.freeze_all_but`) get no optimizer state and
+    do not move. An MSG-grown model's ramp continues from the step its config records.
     """
     batch_size = batch_size or pick(8, 4)
     cfg = model.config
     per_token = flops_per_token(cfg, seq_len)
-    data = train_batches(seq_len, batch_size, seed)
+    data = train_batches(seq_len, batch_size, seed, domains)
     optimizer = optimizer or adamw(model, lr, weight_decay=0.1)  # lab.train's AdamW at a fixed lr
+    ramp = mask_ramp(cfg)
+    ramp_start = ramp.step if ramp is not None else 0
     model.train()
     records = []
 
@@ -82,6 +93,8 @@ def train_steps(model, steps: int, *, lr: float = 3e-3, warmup: int = 0, batch_s
         ids = data.batch(first_step + i)
         step_lr = lr * min(1.0, (i + 1) / warmup) if warmup else lr
         record = train_step(model, [ids], optimizer, step_lr, grad_clip=1.0)
+        if ramp is not None:  # the masks of the next step (a function of the step, as in lab.train); folded at 1
+            ramp_to(model, ramp_start + i + 1)
         tokens += ids.numel()
         flops += ids.numel() * per_token
         record = {"event": "train", "step": first_step + i + 1, "tokens": tokens, "flops": flops, **record}
