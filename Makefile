@@ -35,7 +35,7 @@ lab: $(STAMP)
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 -- --runs $(RUNS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 bench: $(STAMP)
 	$(PY) -m lab bench all --out bench
