@@ -5,11 +5,13 @@ WORLD_SIZE and LOCAL_RANK in their environment. `setup` joins them into a proces
 CPU, nccl on GPU); `shard` wraps the model with FSDP2: `fully_shard` on every block, then on the root,
 so each block's parameters are gathered just before its forward and freed after (torchtitan's
 layout). On GPU with bf16 precision the parameters compute in bf16 and gradients reduce in fp32.
+With expert parallelism (`hardware.expert_parallel`) the experts are split first (`lab.expert_parallel`).
 
-Checkpoints are gathered whole on rank 0 (`full_model_state`, `full_optimizer_state`: collectives,
-every rank calls them) and written by rank 0 alone; on resume every rank reads the same files and
-keeps its own shard (`load_optimizer_state`). Without torchrun all of this is a no-op around the
-plain model, so one code path trains on a laptop and on a cluster.
+Under torchrun each process writes its own shards of a training checkpoint (lab.train.state,
+torch.distributed.checkpoint); the whole-state helpers here (`full_model_state`, `full_optimizer_state`,
+`load_optimizer_state`) serve one-process checkpoints and their resumes on any number of processes.
+Without torchrun all of this is a no-op around the plain model, so one code path trains on a laptop and
+on a cluster.
 """
 
 from __future__ import annotations
@@ -79,11 +81,13 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def shard(model: nn.Module, info: DistInfo, bf16: bool = False) -> nn.Module:
+def shard(model: nn.Module, info: DistInfo, bf16: bool = False, expert_parallel: int = 1) -> nn.Module:
     """FSDP2: `fully_shard` each block, then the root (embedding, final norm, LM head).
 
     bf16 mixed precision (bf16 parameters in compute, fp32 gradient reduction) on GPU only: on CPU
-    the training loop uses autocast instead.
+    the training loop uses autocast instead. With `expert_parallel` R > 1 the MoE layers' stacked
+    expert weights are first split along the experts over groups of R processes (`lab.expert_parallel`,
+    a 2-D DeviceMesh "dp" x "ep"), and FSDP2 shards every other parameter over all processes as before.
     """
     if not info.sharded:
         return model
@@ -94,6 +98,11 @@ def shard(model: nn.Module, info: DistInfo, bf16: bool = False) -> nn.Module:
     kwargs = {"mesh": mesh}
     if bf16 and info.device.type == "cuda":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if expert_parallel > 1:
+        from lab.expert_parallel import distribute_experts, expert_mesh
+
+        experts = distribute_experts(model, expert_mesh(info.device.type, info.world_size, expert_parallel))
+        kwargs["ignored_params"] = set(experts)
     for block in model.layers:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
@@ -144,6 +153,30 @@ def all_reduce(tensor: torch.Tensor, info: DistInfo, op: str = "mean") -> torch.
     dist.all_reduce(out, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     out = out.to(tensor.device)
     return out / info.world_size if op == "mean" else out
+
+
+def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
+    """Clip the gradients to a global L2 norm of `max_norm`; returns that norm before clipping, a plain tensor.
+
+    FSDP2's gradients are DTensors on one mesh, which `torch.nn.utils.clip_grad_norm_` handles (the path
+    taken whenever there is at most one mesh). Under expert parallelism the expert weights' gradients
+    live on the ("dp", "ep") mesh and the others on FSDP2's: each mesh's norm is made whole
+    (`full_tensor`), the squares add up to the global norm, and every gradient scales by one factor.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    by_mesh: dict = {}
+    for p in params:
+        by_mesh.setdefault(getattr(p.grad, "device_mesh", None), []).append(p.grad)
+    if len(by_mesh) <= 1:
+        return full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norms = [full_tensor(torch.nn.utils.get_total_norm(grads)) for grads in by_mesh.values()]
+    device = norms[0].device
+    total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # torch.nn.utils.clip_grads_with_norm_'s factor
+    for grads in by_mesh.values():
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+        torch._foreach_mul_(local, coef.to(local[0].device))
+    return total
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,10 @@ load_e)` (`expert_bias_change`, applied by `lab.train.balance`): no loss term co
 language-modelling gradient. "none" does neither. Under all three the load-balancing loss is still
 computed and reported (a measure of balance), and the z-loss is added as configured. The bias is added
 to the probabilities after the softmax, as torchtitan does (DeepSeek-V3 adds it to sigmoid affinities).
+
+Under expert parallelism (`lab.expert_parallel`) each process holds E / R of the stacked experts and the
+layer exchanges token rows with the other processes of its group (all-to-all); the load-balancing loss
+then counts f_e over every process's tokens, so it is the unsharded model's (see that module).
 """
 
 from __future__ import annotations
@@ -167,26 +171,55 @@ def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, count
     return torch.cat([F.linear(chunk_MI, w_EOI[e]) for e, chunk_MI in enumerate(chunks)])
 
 
+def sort_by_expert(experts: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The N * K assignments of `experts` (N, K) in expert order: (order, token, counts).
+
+    order (NK,) lists the flattened assignments sorted by expert (stable: a token's assignments keep the
+    order of its top_k), token (NK,) the token each sorted assignment belongs to, counts (E,) how many
+    went to each expert. Expert e's rows are the contiguous slice counts[:e].sum() .. counts[:e+1].sum().
+    """
+    experts_NK = experts
+    K = experts_NK.shape[1]
+    flat_experts_NK = experts_NK.flatten()
+    order_NK = torch.argsort(flat_experts_NK, stable=True)
+    counts_E = torch.bincount(flat_experts_NK, minlength=n_experts)
+    return order_NK, order_NK // K, counts_E
+
+
+def expert_mlps(x: torch.Tensor, counts: torch.Tensor, w_gate, w_up, w_down, kernel: str = "auto") -> torch.Tensor:
+    """Each expert's SwiGLU MLP on its rows: x (M, D) sorted by expert, counts[e] rows for expert e.
+
+    w_gate and w_up (E, F, D), w_down (E, D, F) (E: the experts these rows are sorted over); returns
+    (M, D), row for row.
+    """
+    x_MD, counts_E = x, counts
+    counts_list = counts_E.tolist()
+    gate_MF = grouped_linear(x_MD, w_gate, counts_E, counts_list, kernel)
+    h_MF = F.silu(gate_MF) * grouped_linear(x_MD, w_up, counts_E, counts_list, kernel)
+    return grouped_linear(h_MF, w_down, counts_E, counts_list, kernel)
+
+
+def combine(y: torch.Tensor, weights: torch.Tensor, order: torch.Tensor, token: torch.Tensor,
+            x: torch.Tensor) -> torch.Tensor:
+    """The layer's output (N, D): each sorted assignment's expert output y (NK, D), times its routing
+    weight, added to its token's row (`order` and `token` as `sort_by_expert` gives them; x (N, D) for
+    the shape and dtype)."""
+    y_NKD, weights_NK, order_NK, token_NK = y, weights, order, token
+    y_NKD = y_NKD * weights_NK.flatten()[order_NK].unsqueeze(-1).to(y_NKD.dtype)
+    return torch.zeros_like(x).index_add_(0, token_NK, y_NKD)
+
+
 def grouped_experts(x, weights, experts, w_gate, w_up, w_down, kernel: str = "auto") -> torch.Tensor:
     """Sort the N * K assignments by expert, run each expert on its slice, scatter back weighted.
 
     x (N, D), weights and experts (N, K), w_gate and w_up (E, F, D), w_down (E, D, F); returns (N, D).
     Below, NK indexes the N * K assignments sorted by expert.
     """
-    x_ND, weights_NK, experts_NK = x, weights, experts
-    w_gate_EFD, w_up_EFD, w_down_EDF = w_gate, w_up, w_down
-    K = experts_NK.shape[1]
-    flat_experts_NK = experts_NK.flatten()
-    order_NK = torch.argsort(flat_experts_NK, stable=True)
-    token_NK = order_NK // K  # which token each sorted assignment belongs to
-    counts_E = torch.bincount(flat_experts_NK, minlength=w_gate_EFD.shape[0])
-    counts_list = counts_E.tolist()
+    x_ND = x
+    order_NK, token_NK, counts_E = sort_by_expert(experts, w_gate.shape[0])
     x_NKD = x_ND[token_NK]  # grouped by expert
-    gate_NKF = grouped_linear(x_NKD, w_gate_EFD, counts_E, counts_list, kernel)
-    h_NKF = F.silu(gate_NKF) * grouped_linear(x_NKD, w_up_EFD, counts_E, counts_list, kernel)
-    y_NKD = grouped_linear(h_NKF, w_down_EDF, counts_E, counts_list, kernel)
-    y_NKD = y_NKD * weights_NK.flatten()[order_NK].unsqueeze(-1).to(y_NKD.dtype)
-    return torch.zeros_like(x_ND).index_add_(0, token_NK, y_NKD)
+    y_NKD = expert_mlps(x_NKD, counts_E, w_gate, w_up, w_down, kernel)
+    return combine(y_NKD, weights, order_NK, token_NK, x_ND)
 
 
 def reference_experts(x, weights, experts, w_gate, w_up, w_down) -> torch.Tensor:
@@ -233,6 +266,9 @@ class MoE(nn.Module):
         self.shared_expert_gate = nn.Linear(D, 1, bias=False) if cfg.shared_expert_ffn_dim else None
         # fp32 zeros at first; it then follows the model's dtype (training keeps fp32 master weights).
         self.register_buffer("expert_bias", torch.zeros(E) if cfg.balance == "aux_free" else None, persistent=True)
+        # Set by `lab.expert_parallel.distribute_experts` under expert parallelism: this process then holds
+        # E / R of the experts and exchanges tokens with the others. None: every expert is here.
+        self.expert_shard = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "expert_bias"
@@ -246,13 +282,18 @@ class MoE(nn.Module):
         shape = x.shape
         x_ND = x.reshape(-1, shape[-1])
         r = route(x_ND, self.router.weight, self.top_k, self.routing, self.expert_bias)
-        experts_fn = grouped_experts if self.dispatch == "grouped" else reference_experts
-        y_ND = experts_fn(x_ND, r.weights, r.experts, self.w_gate, self.w_up, self.w_down)
+        tokens_per_expert_E = torch.bincount(r.experts.flatten(), minlength=self.n_experts)
+        balance_counts_E = tokens_per_expert_E
+        if self.expert_shard is not None:
+            y_ND = self.expert_shard.routed_experts(x_ND, r.weights, r.experts, self.w_gate, self.w_up, self.w_down)
+            balance_counts_E = self.expert_shard.global_counts(tokens_per_expert_E)
+        else:
+            experts_fn = grouped_experts if self.dispatch == "grouped" else reference_experts
+            y_ND = experts_fn(x_ND, r.weights, r.experts, self.w_gate, self.w_up, self.w_down)
         if self.shared_expert is not None:
             y_ND = y_ND + torch.sigmoid(self.shared_expert_gate(x_ND)) * self.shared_expert(x_ND)
-        tokens_per_expert_E = torch.bincount(r.experts.flatten(), minlength=self.n_experts)
         stats = MoEStats(
-            load_balancing_loss=load_balancing_loss(r.probs, tokens_per_expert_E),
+            load_balancing_loss=load_balancing_loss(r.probs, balance_counts_E),
             z_loss=router_z_loss(r.logits),
             tokens_per_expert=tokens_per_expert_E,
             router_entropy=router_entropy(r.probs.detach()),

@@ -21,8 +21,10 @@ The model of a step, per GPU (every assumption is here, so a reader can disagree
   overlap compute (prefetch), the all-to-all does not. The bottleneck link is NVLink inside a node and
   the node's network (per GPU) across nodes.
 
-The lab's trainer runs FSDP2 over all its GPUs (a flat mesh) without expert parallelism so far: a
-layout with HSDP or EP is what a run of that size should use, and what the trainer is to grow into.
+The lab's trainer runs FSDP2 over all its GPUs (a flat mesh) for the dense parameters, and expert
+parallelism (`hardware.expert_parallel`, `lab.expert_parallel`) with each rank's E / EP experts replicated,
+not sharded, across the data-parallel dimension; HSDP is not in the trainer yet. The memory here assumes
+the experts sharded across the shard group as well: what a run of the paper's size needs.
 
 The layout chosen: the smallest shard group (in whole nodes, or less than a node) whose memory fits
 with one sequence per GPU, so that as little traffic as possible crosses nodes; then the largest

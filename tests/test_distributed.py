@@ -40,8 +40,8 @@ def test_two_processes_match_one(tmp_path):
     path.write_text(yaml.safe_dump(recipe))
     single = train(recipe, tmp_path / "one", progress=False)
 
-    # Three steps, stop, then resume to six: under FSDP the optimizer state is gathered whole on rank 0
-    # and each process takes back its shard.
+    # Three steps, stop, then resume to six: each process writes its own shards of the model and the
+    # optimizer state (torch.distributed.checkpoint) and reads back the pieces it owns.
     first = torchrun("--recipe", path, "--out", tmp_path / "two", "--max-steps", 3)
     assert first.returncode == 0, first.stderr[-3000:]
     second = torchrun("--recipe", path, "--out", tmp_path / "two", "--resume")
@@ -91,7 +91,7 @@ def test_moe_under_two_processes(tmp_path):
 @pytest.mark.slow
 def test_a_run_resumes_on_another_number_of_processes(tmp_path):
     """Two processes stop at step 3 and one process resumes to 6, and the other way round: both equal one
-    uninterrupted process (the checkpoint holds whole tensors, which any world size shards again)."""
+    uninterrupted process (a sharded checkpoint is resharded on load; a one-process one is sharded again)."""
     recipe = tiny_recipe(train={"max_steps": 6, "eval_every": 3, "save_every": 3, "sample_tokens": 0})
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))

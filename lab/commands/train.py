@@ -1,4 +1,4 @@
-"""`python -m lab train --recipe RECIPE --out DIR [--max-steps N] [--resume] [--init CKPT]`.
+"""`python -m lab train --recipe RECIPE --out DIR [--max-steps N] [--resume] [--init CKPT] [--expert-parallel N]`.
 
 Under `python -m torch.distributed.run --nproc_per_node N -m lab train ...` the same command trains
 with FSDP2 across the N processes; rank 0 writes the run directory.
@@ -19,6 +19,8 @@ def run(args: argparse.Namespace) -> None:
     from lab.train import TrainingStopped, load_recipe, train
 
     recipe = load_recipe(args.recipe)
+    if args.expert_parallel is not None:
+        recipe = recipe.replace(hardware={"expert_parallel": args.expert_parallel})
     try:
         summary = train(recipe, args.out, max_steps=args.max_steps, resume=args.resume, init_from=args.init,
                         progress=not args.quiet)
@@ -43,7 +45,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model as a recipe says (FSDP2 under torchrun)",
         description="Train as a YAML recipe says (see recipes/). Writes DIR/meta.json, DIR/metrics.jsonl, "
-                    "DIR/checkpoints/step-NNNNNN/ (Hugging Face directories with training state) and "
+                    "DIR/checkpoints/step-NNNNNN/ (Hugging Face directories with training state; under torchrun, each "
+                    "process's shards) and "
                     "DIR/final/. SIGINT or SIGTERM checkpoints the current step and stops (exit 130).")
     p.add_argument("--recipe", required=True, type=recipe_file,
                    help="YAML recipe file, or the name of a shipped one (tiny, tiny-moe, ...)")
@@ -53,5 +56,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--init", default=None, metavar="CKPT",
                    help="start from this Hugging Face checkpoint instead of the recipe's model")
+    p.add_argument("--expert-parallel", type=positive_int, default=None, metavar="N",
+                   help="split each MoE layer's experts over groups of N processes, tokens sent to them by "
+                        "all-to-all (recipe hardware.expert_parallel; under torchrun)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -25,6 +25,7 @@ from lab.checkpoint import hf_model_type
 from lab.config import dtype_name
 from lab.distributed import DistInfo
 from lab.errors import LabError
+from lab.expert_parallel import check_expert_parallel
 from lab.flops import active_parameters, flops_per_token, mfu
 from lab.msg_masks import mask_ramp, ramp_to, with_ramp
 from lab.train import state as ckpt
@@ -33,6 +34,7 @@ from lab.train.metrics import MetricsWriter, environment, read_meta, truncate_me
 from lab.train.recipe import Recipe, load_recipe
 from lab.train.schedule import learning_rate
 from lab.train.setup import base_config, build_model, check_run_dir, load_data, make_optimizer, place_model
+from lab.train.sharded_checkpoint import ShardWriter
 from lab.train.lock import RunLock
 from lab.train.signals import StopFlag, TrainingStopped
 from lab.train.step import train_step
@@ -89,7 +91,11 @@ class _Run:
         self.existed = out.exists()
         self.lock = RunLock(out)
         self.checkpoint: Path | None = self.resume_from
+        # Under torchrun the shards of a checkpoint are written in the background: the one still being written.
+        self.pending: ckpt.PendingCheckpoint | None = None
+        self.shard_writer = ShardWriter()
         self.cfg = base_config(recipe)
+        check_expert_parallel(recipe.hardware.expert_parallel, self.cfg, info.world_size)
         self.trained_layers = trained_layers(recipe, self.cfg)  # None: all
         self.data = load_data(recipe, self.cfg, info)
         distributed.barrier(info)  # no process writes before every process has checked
@@ -120,9 +126,7 @@ class _Run:
         self.peak = recipe.hardware.peak_flops
         self.step, self.tokens = 0, 0
         if self.resume_from is not None:
-            scalars, optim_state, rng = ckpt.load_state(self.resume_from)
-            distributed.load_optimizer_state(self.model, self.optimizer, optim_state, info)
-            ckpt.restore_rng(rng, scalars["python_rng"])
+            scalars = ckpt.resume_training_state(self.resume_from, self.model, self.optimizer, info)
             self.step, self.tokens = scalars["step"], scalars["tokens"]
         self._ramp_masks()
         self.metrics = MetricsWriter(self.out, recipe.run, recipe.stage, enabled=info.is_main)
@@ -208,22 +212,43 @@ class _Run:
                                    self.info.device, self.data.eos, self.autocast)
             self._record("sample", prompts=self.data.prompts, samples=texts)
 
-    def _save(self) -> Path:
-        """Checkpoint the current step (gathered whole on rank 0, written by rank 0 alone)."""
+    def _save(self) -> None:
+        """Checkpoint the current step (lab.train.state). On one process rank 0 writes it whole, now; under
+        torchrun each process writes its own shards in the background, and the checkpoint completes in
+        `_finish_save`: before the next one starts, before a stop or the final export, and after an error."""
+        self._finish_save()
+        # The data position: batches are a pure function of their index, so the next index is all it takes.
+        scalars = {"tokens": self.tokens, "next_batch": self.step * self.recipe.data.grad_accum,
+                   "recipe_digest": self.recipe.digest(), "world_size": self.info.world_size}
+        if self.info.sharded:
+            self.pending = ckpt.start_sharded_checkpoint(self.out, self.step, self.save_cfg, self.model, self.optimizer,
+                                                         scalars, self.data.tokenizer_dir, self.info, self.shard_writer)
+            return
         model_state = distributed.full_model_state(self.model, self.info)
         optim_state = distributed.full_optimizer_state(self.model, self.optimizer, self.info)
-        path = ckpt.checkpoint_dir(self.out, self.step)
+        path = ckpt.save_checkpoint(self.out, self.step, self.save_cfg, model_state, optim_state, scalars,
+                                    self.data.tokenizer_dir)
+        self._saved(path, self.step, self.tokens)
+
+    def _finish_save(self, *, after_error: bool = False) -> None:
+        """Complete the checkpoint still being written, if any (every process calls it). After an error it
+        takes no collective, and a checkpoint whose shards did not all reach the disk stays hidden."""
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        if after_error:
+            with contextlib.suppress(Exception):  # the error under way is the one to report
+                self._saved(pending.finish(self.info), pending.step, pending.scalars["tokens"], barrier=False)
+            return
+        self._saved(pending.finish(self.info), pending.step, pending.scalars["tokens"])
+
+    def _saved(self, path: Path, step: int, tokens: int, *, barrier: bool = True) -> None:
         if self.info.is_main:
-            # The data position: batches are a pure function of their index, so the next index is all it takes.
-            scalars = {"tokens": self.tokens, "next_batch": self.step * self.recipe.data.grad_accum,
-                       "recipe_digest": self.recipe.digest(), "world_size": self.info.world_size}
-            path = ckpt.save_checkpoint(self.out, self.step, self.save_cfg, model_state, optim_state, scalars,
-                                        self.data.tokenizer_dir)
             ckpt.prune(self.out, self.recipe.train.keep_checkpoints)
-            self._record("checkpoint", path=str(path))
-        distributed.barrier(self.info)
+            self.metrics.write("checkpoint", step, tokens, tokens * self.flops_per_token, path=str(path))
+        if barrier:
+            distributed.barrier(self.info)
         self.checkpoint = path
-        return path
 
     def _summary(self) -> dict:
         return {"run": self.recipe.run, "stage": self.recipe.stage, "step": self.step, "tokens": self.tokens,
@@ -234,7 +259,10 @@ class _Run:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         try:
-            return self._run()
+            try:
+                return self._run()
+            finally:
+                self._finish_save(after_error=True)  # a no-op unless the run failed with a save under way
         except LabError:
             # Only under the lock: what is there otherwise belongs to the process that holds it.
             if (self.fresh_dir and self.info.is_main and self.checkpoint is None and self.lock.held
@@ -250,9 +278,13 @@ class _Run:
             if self.step == 0:
                 self._evaluate()  # where the run starts: ln(vocab) for a fresh model, the source's loss for a grown one
             self._loop(stop)
+            self._finish_save()
             if self.checkpoint is None or ckpt.checkpoint_dir(self.out, self.step) != self.checkpoint:
                 self._save()  # e.g. resumed at or past stop_at
-            if self.info.is_main:
+            if self.info.sharded:  # the step checkpoint holds shards: the model is gathered tensor by tensor
+                ckpt.export_final(self.out, self.model, self.save_cfg, self.data.tokenizer_dir, self._model_card(),
+                                  self.info)
+            elif self.info.is_main:
                 ckpt.publish_final(self.out, self.checkpoint, self._model_card())
             distributed.barrier(self.info)
         return self._summary()
@@ -284,6 +316,7 @@ class _Run:
                 if last or stopping or (t.save_every and self.step % t.save_every == 0):
                     self._save()
                 if stopping:
+                    self._finish_save()  # the checkpoint the stop names is on disk before the process exits
                     self._record("stop", signal=stop.signal_name)
                     raise TrainingStopped(stop.signal_name, self.step, str(self.checkpoint))
 

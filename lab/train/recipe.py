@@ -13,7 +13,7 @@ optim:   {lr: 3.0e-3, min_lr_ratio: 0.1, warmup_steps: 30, schedule: cosine, wei
 train:   {max_steps: 300, eval_every: 50, eval_sequences: 8, save_every: 100, keep_checkpoints: 2,
           log_every: 1, precision: fp32, sample_tokens: 32, trainable: all}
 hardware: {device: auto, peak_tflops: null, gpu: null, compile: false, activation_checkpointing: false,
-           meta_init: auto, fused_optimizer: auto}
+           meta_init: auto, fused_optimizer: auto, expert_parallel: 1}
 ```
 
 Every key is checked: an unknown key, a wrong type or a value out of range raises one LabError
@@ -37,7 +37,11 @@ everything else stays frozen, embeddings, final norm and LM head included (`lab.
 on other hardware): `compile` wraps each block in `torch.compile`; `activation_checkpointing`
 recomputes each block's activations in the backward pass (less memory, about a third more compute);
 `meta_init` builds a fresh model on the meta device and materialises it where it will live (`auto`:
-on CUDA); `fused_optimizer` takes AdamW's fused kernel (`auto`: on CUDA).
+on CUDA); `fused_optimizer` takes AdamW's fused kernel (`auto`: on CUDA). `expert_parallel` R (an MoE
+under torchrun, R dividing both the number of processes and of experts) places E / R experts on each
+process of a group of R and sends tokens to their experts by all-to-all, FSDP2 sharding the rest as
+without it (`lab.expert_parallel`); the losses and the checkpoints are those of R = 1, so a run may
+resume under another R.
 """
 
 from __future__ import annotations
@@ -120,6 +124,8 @@ class HardwareSpec:
     activation_checkpointing: bool = False
     meta_init: str = field(default="auto", metadata=one_of(*SWITCHES))
     fused_optimizer: str = field(default="auto", metadata=one_of(*SWITCHES))
+    # Expert parallelism: split each MoE layer's experts over groups of this many processes (lab.expert_parallel).
+    expert_parallel: int = field(default=1, metadata=positive())
 
     @staticmethod
     def switch(value: str, device_type: str) -> bool:

@@ -24,6 +24,7 @@ from lab.model import DecoderLM
 from lab.train.lock import LOCK_FILE
 from lab.train.metrics import read_meta
 from lab.train.recipe import Recipe
+from lab.train.sharded_checkpoint import has_shards, load_model_shards
 from lab.train.state import checkpoint_problem, complete_checkpoints
 
 
@@ -122,12 +123,17 @@ def build_model(recipe: Recipe, cfg: ModelConfig, resume_from: Path | None, *, k
     Then `configure` applies activation checkpointing and per-block compilation.
     """
     device = distributed.current_device(recipe.hardware.device)
-    if keep_meta and (resume_from is not None or recipe.init_from is not None):
+    # A sharded checkpoint (written under torchrun) is read by DCP into a model on meta, on any number of processes.
+    sharded_resume = resume_from is not None and has_shards(resume_from)
+    if sharded_resume or (keep_meta and (resume_from is not None or recipe.init_from is not None)):
         # Sharded: the model stays on meta; `place_model` shards it, then each process reads the checkpoint
         # one tensor at a time and keeps its shard (`load_shards`), never the whole model.
         source = resume_from if resume_from is not None else recipe.init_from
-        with CheckpointSource(source) as checkpoint:  # its config, with the dtype its tensors are stored in
-            stored = checkpoint.config
+        if sharded_resume:
+            stored = read_config(source)[0]  # its config.json holds the dtype the shards are stored in
+        else:
+            with CheckpointSource(source) as checkpoint:  # its config, with the dtype its tensors are stored in
+                stored = checkpoint.config
         # As load_pretrained would: a resume keeps the stored dtype and the run's dispatch, a start from a
         # checkpoint trains on fp32 master weights.
         meta_cfg = (stored.replace(moe_dispatch=cfg.moe_dispatch) if resume_from is not None
@@ -204,14 +210,14 @@ def place_model(model: DecoderLM, recipe: Recipe, info: DistInfo) -> torch.nn.Mo
     materialised, so that each process allocates only its shard: a model that does not fit whole in
     one device's memory (or twice in the host's) can still start.
     """
-    bf16 = recipe.train.precision == "bf16"
+    bf16, ep = recipe.train.precision == "bf16", recipe.hardware.expert_parallel
     if any(p.is_meta for p in model.parameters()):
         source = getattr(model, "weights_from", None)
-        model = distributed.shard(model.train(), info, bf16=bf16)
+        model = distributed.shard(model.train(), info, bf16=bf16, expert_parallel=ep)
         if source is not None:
-            return load_shards(model, source, info.device)
+            return (load_model_shards if has_shards(source) else load_shards)(model, source, info.device)
         return materialize(model, info.device, recipe.seed)
-    return distributed.shard(model.to(info.device).train(), info, bf16=bf16)
+    return distributed.shard(model.to(info.device).train(), info, bf16=bf16, expert_parallel=ep)
 
 
 def load_shards(model: DecoderLM, path: Path, device: torch.device) -> DecoderLM:

@@ -1,6 +1,6 @@
-"""Training checkpoints: a Hugging Face directory plus the training state, written atomically.
+"""Training checkpoints: the model, the optimizer state, the RNG and the data position, written atomically.
 
-Layout of a run directory's checkpoints:
+Layout of a run directory's checkpoints. A checkpoint written by one process:
 
     DIR/checkpoints/step-000040/   config.json, model.safetensors, tokenizer files  (a Hugging Face directory)
                                    training_state.safetensors  optimizer tensors ("optim/<param>/<key>")
@@ -8,13 +8,41 @@ Layout of a run directory's checkpoints:
                                    training_state.json         step, tokens, next_batch (the data position),
                                                                recipe digest, world size, optimizer
                                                                hyper-parameters, Python's RNG state
-    DIR/final/                     the model of the last step: a Hugging Face directory (hard links into
-                                   its step checkpoint where the file system allows)
 
-Nothing here is pickled. A checkpoint is built in a hidden sibling (`.step-000040.partial-<id>`) and
-renamed to `step-000040` only once every file is written, so a `step-*` directory is always complete
-(and must hold training_state.json, written last, to count). Hidden leftovers of a killed write are
-ignored and removed on resume.
+A checkpoint written by N > 1 processes (torchrun) is sharded: nothing is gathered on one process.
+
+    DIR/checkpoints/step-000040/   config.json, tokenizer files
+                                   shards/shard-0000<r>-model-00001-of-00001.safetensors
+                                                               process r-1's shards of the model ("model/<name>")
+                                                               and of the optimizer ("optim/<param>/<key>"),
+                                                               written by that process (torch.distributed.checkpoint,
+                                                               lab.train.sharded_checkpoint)
+                                   training_state.safetensors  the RNG states only
+                                   training_state.json         as above (param_groups: the optimizer's
+                                                               hyper-parameters, keyed by parameter name)
+
+    DIR/final/                     the model of the last step: a Hugging Face directory (hard links into its
+                                   step checkpoint on one process; streamed one gathered tensor at a time from
+                                   the sharded model under torchrun)
+
+Any number of processes resumes either kind: a whole checkpoint is read row by row into each process's
+shard (lab.train.setup.load_shards) and its optimizer state set from the whole; a sharded one is read by
+DCP, which reshards N processes' pieces onto M (so 2 -> 1, 1 -> 2 and 2 -> 2 all resume exactly).
+
+Nothing here is pickled, and nothing is unpickled on reading: safetensors and JSON only (DCP's pickled
+`.metadata` is never written; its reader rebuilds the layout from the shards' JSON headers).
+
+Completeness: a checkpoint is built in a hidden sibling (`.step-000040.partial-<8 hex>`, one name shared by
+every process) and renamed to `step-000040` by rank 0 only once every file is written: under torchrun after
+every process has written its shards (DCP's save completes on each process only once all have), then the
+state files, training_state.json last. So a `step-*` directory is always complete (and must hold
+training_state.json and training_state.safetensors to count); a process killed mid-save leaves only the
+hidden sibling, the previous checkpoint stays the newest complete one, and the leftover is removed on resume.
+
+On one process a save is synchronous. Under torchrun the shards are written in the background
+(`dcp.async_save`, from a copy of the state taken when the save starts) while training goes on; the
+checkpoint completes (`PendingCheckpoint.finish`: state files, rename) before the next save starts, before a
+stop or the final export, and after an error if its shards all reached the disk.
 """
 
 from __future__ import annotations
@@ -25,16 +53,23 @@ import random
 import re
 import shutil
 import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lab.checkpoint import write_lab_checkpoint
+from lab import distributed
+from lab.checkpoint import hf_model_type, write_lab_checkpoint
+from lab.checkpoint.hf_config import config_to_hf
 from lab.checkpoint.io import tokenizer_files
 from lab.config import ModelConfig
+from lab.distributed import DistInfo
 from lab.json_input import read_json
+from lab.train.sharded_checkpoint import (ShardWriter, has_shards, load_optimizer_shards, shards_problem,
+                                          write_hf_streaming)
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
@@ -101,7 +136,14 @@ def checkpoint_problem(path: Path) -> str | None:
             return f"{STATE_JSON}: param_groups and python_rng must be lists"
         with safe_open(str(Path(path) / STATE_TENSORS), framework="pt") as f:
             f.keys()
-        load_pretrained(path)
+        if has_shards(path):
+            from lab.checkpoint import read_config
+
+            problem = shards_problem(path, read_config(path)[0])
+            if problem is not None:
+                return problem
+        else:
+            load_pretrained(path)
     except LabError as e:
         return str(e)
     except Exception as e:  # safetensors' own error types for a truncated or corrupt file
@@ -133,6 +175,97 @@ def _jsonable(value):
     return value
 
 
+def _optimizer_groups(param_groups: list[dict]) -> list[dict]:
+    return [{k: _jsonable(v) for k, v in group.items()} for group in param_groups]
+
+
+def _write_state_files(directory: Path, step: int, scalars: dict, param_groups: list[dict],
+                       optim_tensors: dict[str, torch.Tensor], rng: tuple[dict, list] | None = None) -> None:
+    """training_state.safetensors (`optim_tensors` and the RNG: `rng` as `_rng_state` gave it, or now), then
+    training_state.json: written last, its presence marks the checkpoint complete."""
+    tensors, python_rng = rng if rng is not None else _rng_state()
+    tensors = {**tensors, **optim_tensors}
+    save_file(tensors, str(directory / STATE_TENSORS))
+    state = {"format": 1, "step": step, **scalars, "param_groups": _optimizer_groups(param_groups),
+             "python_rng": python_rng}
+    (directory / STATE_JSON).write_text(json.dumps(state) + "\n")
+
+
+def _rename_into_place(partial: Path, target: Path) -> None:
+    if target.exists():  # the same step written again (a resumed run that stops where it began)
+        shutil.rmtree(target)
+    partial.rename(target)
+
+
+def _shared_partial_id(info: DistInfo) -> str:
+    """8 hex digits, drawn by rank 0 and the same on every process: the name of the hidden directory they fill."""
+    token = torch.tensor([uuid.uuid4().int & 0xFFFFFFFF if info.is_main else 0], dtype=torch.int64,
+                         device=info.device)  # nccl broadcasts device tensors only
+    if info.sharded:
+        torch.distributed.broadcast(token, src=0)
+    return f"{int(token.item()):08x}"
+
+
+@dataclass
+class PendingCheckpoint:
+    """A sharded checkpoint whose shards are being written in the background (`start_sharded_checkpoint`).
+    Everything else it will hold was taken when it started: step, scalars, RNG, optimizer hyper-parameters.
+    Until `finish` renames it, it is a hidden directory that no resume reads."""
+
+    future: Future
+    partial: Path
+    target: Path
+    step: int
+    cfg: ModelConfig
+    scalars: dict
+    param_groups: list[dict]
+    rng: tuple[dict, list]
+    tokenizer_dir: Path | None
+
+    def finish(self, info: DistInfo) -> Path:
+        """Wait for the shards; then rank 0 writes the config, tokenizer and state files and renames the
+        checkpoint into place. Every process calls it; no collective (the future completes on a process only
+        once every process has written its file), so it is safe on an error path too. Returns the path."""
+        try:
+            self.future.result()
+            if info.is_main:
+                cfg = self.cfg
+                (self.partial / "config.json").write_text(json.dumps(config_to_hf(cfg, hf_model_type(cfg)), indent=2)
+                                                          + "\n")
+                for src in tokenizer_files(self.tokenizer_dir) if self.tokenizer_dir is not None else []:
+                    shutil.copyfile(src, self.partial / Path(src).name)
+                _write_state_files(self.partial, self.step, self.scalars, self.param_groups, {}, self.rng)
+                _rename_into_place(self.partial, self.target)
+        except BaseException:
+            if info.is_main:  # rank 0 owns the directory; the others' files go with it
+                shutil.rmtree(self.partial, ignore_errors=True)
+            raise
+        return self.target
+
+
+def start_sharded_checkpoint(run_dir: Path, step: int, cfg: ModelConfig, model: torch.nn.Module,
+                             optimizer: torch.optim.Optimizer, scalars: dict, tokenizer_dir: Path | None,
+                             info: DistInfo, writer: ShardWriter) -> PendingCheckpoint:
+    """Begin checkpoint `step` of a model sharded over the processes; every process calls it.
+
+    Each process writes its own shards of the model and the optimizer state (no gather), in the background
+    (`writer`); training may go on at once. Call `finish` on the result before the next checkpoint starts
+    and before the run ends.
+    """
+    target = checkpoint_dir(run_dir, step)
+    partial = target.parent / f".{target.name}.partial-{_shared_partial_id(info)}"
+    if info.is_main:
+        partial.mkdir(parents=True, exist_ok=True)  # exist_ok: another process's writer may have made it
+    try:
+        future, param_groups = writer.start(partial, model, optimizer)
+    except BaseException:
+        if info.is_main:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return PendingCheckpoint(future, partial, target, step, cfg, dict(scalars), param_groups, _rng_state(),
+                             tokenizer_dir)
+
+
 def save_checkpoint(run_dir: Path, step: int, cfg: ModelConfig, model_state: dict[str, torch.Tensor],
                     optim_state: dict, scalars: dict, tokenizer_dir: Path | None) -> Path:
     """Write checkpoint `step` (model, optimizer, RNG, `scalars`) atomically; returns its path.
@@ -148,17 +281,10 @@ def save_checkpoint(run_dir: Path, step: int, cfg: ModelConfig, model_state: dic
         # expert_bias: the aux-free routing biases are model state too (buffers), so a resume routes as before.
         write_lab_checkpoint(partial, cfg, lambda name, e: model_state[name] if e is None else model_state[name][e],
                              extra_files=extra, expert_bias=True)
-        tensors, python_rng = _rng_state()
-        for name, values in optim_state["state"].items():
-            for key, value in values.items():
-                tensors[f"optim/{name}/{key}"] = value.detach().cpu().contiguous()
-        save_file(tensors, str(partial / STATE_TENSORS))
-        groups = [{k: _jsonable(v) for k, v in group.items()} for group in optim_state["param_groups"]]
-        state = {"format": 1, "step": step, **scalars, "param_groups": groups, "python_rng": python_rng}
-        (partial / STATE_JSON).write_text(json.dumps(state) + "\n")  # last: its presence marks completion
-        if target.exists():  # the same step written again (a resumed run that stops where it began)
-            shutil.rmtree(target)
-        partial.rename(target)
+        optim_tensors = {f"optim/{name}/{key}": value.detach().cpu().contiguous()
+                         for name, values in optim_state["state"].items() for key, value in values.items()}
+        _write_state_files(partial, step, scalars, optim_state["param_groups"], optim_tensors)
+        _rename_into_place(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -179,16 +305,42 @@ def load_state(path: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     return scalars, {"state": state, "param_groups": groups}, rng
 
 
+def resume_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                          info: DistInfo) -> dict:
+    """Load checkpoint `path`'s optimizer state into `optimizer` (each process its shard, whatever the number
+    of processes that wrote it) and restore the RNG; returns its scalars (step, tokens, ...). Every process
+    calls it. The model's weights are read when it is built (lab.train.setup)."""
+    scalars, optim_state, rng = load_state(path)
+    if has_shards(path):
+        load_optimizer_shards(model, optimizer, path, optim_state["param_groups"])
+    else:
+        distributed.load_optimizer_state(model, optimizer, optim_state, info)
+    restore_rng(rng, scalars["python_rng"])
+    return scalars
+
+
 def prune(run_dir: Path, keep: int) -> None:
     """Keep the newest `keep` complete checkpoints."""
     for _, path in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _install_final(run_dir: Path, tmp: Path) -> Path:
+    """Move the finished directory `tmp` to DIR/final; an existing final/ is moved aside first and removed after."""
+    final = Path(run_dir) / FINAL
+    old = None
+    if final.exists():
+        old = final.parent / f".{FINAL}.old-{uuid.uuid4().hex[:8]}"
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def publish_final(run_dir: Path, checkpoint: Path, readme: str | None = None) -> Path:
     """DIR/final: the Hugging Face part of `checkpoint`, hard-linked (copied where links fail), with its
     model card `readme` (README.md), atomically."""
-    final = Path(run_dir) / FINAL
     tmp = Path(run_dir) / f".{FINAL}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -201,14 +353,25 @@ def publish_final(run_dir: Path, checkpoint: Path, readme: str | None = None) ->
                 os.link(src, tmp / src.name)
             except OSError:
                 shutil.copyfile(src, tmp / src.name)
-        old = None
-        if final.exists():
-            old = final.parent / f".{FINAL}.old-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-        tmp.rename(final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        return _install_final(run_dir, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+
+
+def export_final(run_dir: Path, model: torch.nn.Module, cfg: ModelConfig, tokenizer_dir: Path | None,
+                 readme: str | None, info: DistInfo) -> Path:
+    """DIR/final from a model sharded over the processes, atomically; every process calls it.
+
+    The model is gathered one tensor at a time and rank 0 streams each into the safetensors files
+    (`write_hf_streaming`): no process holds the whole model. The files equal `publish_final`'s.
+    """
+    tmp = Path(run_dir) / f".{FINAL}.partial-{uuid.uuid4().hex[:8]}" if info.is_main else None
+    try:
+        extra = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
+        write_hf_streaming(tmp, model, cfg, extra_files=extra, readme=readme)
+        return _install_final(run_dir, tmp) if info.is_main else Path(run_dir) / FINAL
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise

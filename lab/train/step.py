@@ -48,7 +48,7 @@ def train_step(model, micro_batches: Sequence[torch.Tensor], optimizer: torch.op
             experts = counts if experts is None else experts + counts
         sums[: len(values)] += torch.stack([v.detach().float().cpu() for v in values])
     clip = grad_clip if grad_clip > 0 else math.inf
-    grad_norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    grad_norm = distributed.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     means = sums / accum
