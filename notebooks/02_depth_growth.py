@@ -359,8 +359,8 @@ finish(fig, f"{CODE_STEPS} steps on code: change of each domain's loss")
 #
 # One seed, a few dozen steps at most, 8 validation windows per domain: a demonstration of the mechanism.
 # LLaMA-Pro's result (new code and mathematics skills with the general benchmarks kept, LLaMA2-7B grown to 8.3B
-# and trained on 80B tokens) is at a scale this notebook does not reach, and the lab has no seeded experiment
-# of it here.
+# and trained on 80B tokens) is at a scale this notebook does not reach; the seeded experiment `llama_pro`
+# (claim C18) is to measure the forgetting over seeds, and has not been run into `data/claims.json` yet.
 #
 # ## Exercises
 #

@@ -299,8 +299,8 @@ pd.DataFrame({name: balance_summary(recs) for name, recs in balance_records.item
     "{:.4f}", na_rep="— (no bias)")
 
 # %% [markdown]
-# All three start from the same model, so at the same load CV on the first step (0.82 in the fast run,
-# `LAB_FAST=1`). Read the table: summed over the last quarter of the steps, the aux-free router's load has a CV
+# All three start from the same model, so at the same load CV on the first step (0.47 in the full run, 0.82 in
+# the fast run, `LAB_FAST=1`, whose first batch is smaller). Read the table: summed over the last quarter of the steps, the aux-free router's load has a CV
 # of 0.34, against 1.06 with the load-balancing loss and 0.99 with nothing (fast run, 40 steps; the full run's
 # 150 steps give 0.09 against 1.02 and 1.11). The bias did what the loss at the paper's 0.001 did not begin to
 # do: `aux_loss` and `none` are hardly apart, that coefficient being too weak to matter here (section 3). Step
@@ -385,10 +385,10 @@ pd.DataFrame({name: shared_exactness(plan) for name, plan in shared_variants.ite
 # %% [markdown]
 # The table says which part is exact. The gated shared expert equals its dense slices to the bit (a largest
 # difference of 0 over every token of both layers), with the near-uniform router and with one 50 times wider:
-# it does not involve the router at all. The whole layer equals the dense MLP to a few 1e-6 and the logits to
+# it does not involve the router at all. The whole layer equals the dense MLP to about 1e-6 and the logits to
 # under 1e-5, float32 rounding of two sums where there was one, as for plain upcycling in section 1. With
-# softmax-then-top-k the shared part is still bit-exact, but the routed part is not (a layer difference of 0.52
-# and a logit gap of 0.59 in the fast run): the chosen probabilities do not sum to what the weight scaling
+# softmax-then-top-k the shared part is still bit-exact, but the routed part is not (a layer difference of 0.45
+# and a logit gap of 0.96 in the full run, 0.52 and 0.59 in the fast run): the chosen probabilities do not sum to what the weight scaling
 # assumes, section 1's inexact row again. The upcycled model has 644,672 parameters against 952,000 for eight
 # full copies (section 1), since its seven experts are a quarter of the MLP each.
 
