@@ -147,27 +147,39 @@ def _grouped_mm_supported(x: torch.Tensor, w: torch.Tensor) -> bool:
     # The kernel wants rows whose strides are multiples of 16 bytes and a build that has it.
     if not hasattr(torch, "_grouped_mm") or x.dtype != w.dtype:
         return False
-    if x.device.type == "cuda" and x.dtype != torch.bfloat16:
+    # CUDA's kernel is bf16 only, and so is the shape function torch.compile traces with on any device.
+    if (x.device.type == "cuda" or torch.compiler.is_compiling()) and x.dtype != torch.bfloat16:
         return False
     return all((n * x.element_size()) % 16 == 0 for n in (x.shape[-1], w.shape[-2]))
 
 
-def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, counts_list: list[int],
+def expert_kernel(x: torch.Tensor, w: torch.Tensor, kernel: str = "auto") -> str:
+    """The kernel `grouped_linear` runs for rows x and stacked weights w: "grouped_mm" or "loop".
+
+    "auto" takes the grouped matmul where supported, else the loop; "grouped_mm" and "loop" force one.
+    """
+    if kernel == "auto":
+        return "grouped_mm" if _grouped_mm_supported(x, w) else "loop"
+    return kernel
+
+
+def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, counts_list: list[int] | None = None,
                    kernel: str = "auto") -> torch.Tensor:
     """Rows of x (N, I) sorted by expert, counts[e] of them for expert e; returns x_e @ w[e].T (N, O).
 
     (Here N counts the rows given, I and O are the input and output sizes: D and F, or F and D.)
 
-    w is stacked (E, O, I), the layout of nn.Linear per expert. `kernel` "auto" takes the grouped
-    matmul where supported, else the loop; "grouped_mm" and "loop" force one (the dispatch ablation of
-    `lab.bench.dispatch`); both compute the same product.
+    w is stacked (E, O, I), the layout of nn.Linear per expert. `kernel` as `expert_kernel` reads it
+    ("grouped_mm" and "loop" are the dispatch ablation of `lab.bench.dispatch`); both compute the same
+    product. Only the loop reads the counts on the host (`counts_list`, else `counts.tolist()`): on a GPU
+    that read waits for every kernel queued before it, so the grouped matmul path makes none.
     """
     x_NI, w_EOI, counts_E = x, w, counts
-    if kernel == "grouped_mm" or (kernel == "auto" and _grouped_mm_supported(x_NI, w_EOI)):
+    if expert_kernel(x_NI, w_EOI, kernel) == "grouped_mm":
         offsets_E = torch.cumsum(counts_E, dim=0, dtype=torch.int32)
         return torch._grouped_mm(x_NI, w_EOI.transpose(-2, -1), offs=offsets_E)
     # The same computation as a loop over the contiguous slices of each expert (M rows for expert e).
-    chunks = x_NI.split(counts_list)
+    chunks = x_NI.split(counts_E.tolist() if counts_list is None else counts_list)
     return torch.cat([F.linear(chunk_MI, w_EOI[e]) for e, chunk_MI in enumerate(chunks)])
 
 
@@ -182,8 +194,18 @@ def sort_by_expert(experts: torch.Tensor, n_experts: int) -> tuple[torch.Tensor,
     K = experts_NK.shape[1]
     flat_experts_NK = experts_NK.flatten()
     order_NK = torch.argsort(flat_experts_NK, stable=True)
-    counts_E = torch.bincount(flat_experts_NK, minlength=n_experts)
-    return order_NK, order_NK // K, counts_E
+    return order_NK, order_NK // K, expert_counts(flat_experts_NK, n_experts)
+
+
+def expert_counts(experts: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """How many of the assignments `experts` (any shape, expert ids) went to each expert: (E,) int64.
+
+    `torch.bincount(experts.flatten(), minlength=E)`'s counts without its costs on the GPU path: on CUDA
+    bincount reads its input's min and max on the host to size its output (two syncs), and under
+    torch.compile that data-dependent size breaks the graph. A scatter-add into E slots has a fixed shape.
+    """
+    flat = experts.flatten()
+    return torch.zeros(n_experts, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
 
 
 def expert_mlps(x: torch.Tensor, counts: torch.Tensor, w_gate, w_up, w_down, kernel: str = "auto") -> torch.Tensor:
@@ -193,7 +215,13 @@ def expert_mlps(x: torch.Tensor, counts: torch.Tensor, w_gate, w_up, w_down, ker
     (M, D), row for row.
     """
     x_MD, counts_E = x, counts
-    counts_list = counts_E.tolist()
+    # Under autocast the experts compute in its dtype, as F.linear would: with fp32 master weights (one GPU,
+    # bf16 autocast) the rows and weights are fp32, and CUDA's grouped matmul runs in bf16 only.
+    if torch.is_autocast_enabled(x_MD.device.type):
+        dtype = torch.get_autocast_dtype(x_MD.device.type)
+        x_MD, w_gate, w_up, w_down = (t.to(dtype) for t in (x_MD, w_gate, w_up, w_down))
+    kernel = expert_kernel(x_MD, w_gate, kernel)  # the same for the three projections (same sizes, same dtype)
+    counts_list = counts_E.tolist() if kernel == "loop" else None  # a host sync: the loop's split sizes only
     gate_MF = grouped_linear(x_MD, w_gate, counts_E, counts_list, kernel)
     h_MF = F.silu(gate_MF) * grouped_linear(x_MD, w_up, counts_E, counts_list, kernel)
     return grouped_linear(h_MF, w_down, counts_E, counts_list, kernel)
@@ -205,7 +233,9 @@ def combine(y: torch.Tensor, weights: torch.Tensor, order: torch.Tensor, token: 
     weight, added to its token's row (`order` and `token` as `sort_by_expert` gives them; x (N, D) for
     the shape and dtype)."""
     y_NKD, weights_NK, order_NK, token_NK = y, weights, order, token
-    y_NKD = y_NKD * weights_NK.flatten()[order_NK].unsqueeze(-1).to(y_NKD.dtype)
+    # Weighted in x's dtype, as `reference_experts` does: under bf16 autocast on fp32 master weights the
+    # experts give bf16 rows and x is fp32, and index_add_ wants one dtype.
+    y_NKD = y_NKD * weights_NK.flatten()[order_NK].unsqueeze(-1).to(x.dtype)
     return torch.zeros_like(x).index_add_(0, token_NK, y_NKD)
 
 
@@ -282,7 +312,7 @@ class MoE(nn.Module):
         shape = x.shape
         x_ND = x.reshape(-1, shape[-1])
         r = route(x_ND, self.router.weight, self.top_k, self.routing, self.expert_bias)
-        tokens_per_expert_E = torch.bincount(r.experts.flatten(), minlength=self.n_experts)
+        tokens_per_expert_E = expert_counts(r.experts, self.n_experts)
         balance_counts_E = tokens_per_expert_E
         if self.expert_shard is not None:
             y_ND = self.expert_shard.routed_experts(x_ND, r.weights, r.experts, self.w_gate, self.w_up, self.w_down)

@@ -11,7 +11,9 @@ Each step is timed between device synchronisations. MFU = tokens/s x FLOPs/token
 PaLM's 6 N_active + 12 L H Q T) over a peak: the data sheet's (`hardware.gpu` / `peak_tflops`, or the
 device's name when it is in `lab.flops.PEAK_FLOPS`) and the matmul peak measured on the device
 (`lab.bench.matmul_peak`). The first `warmup` steps (compilation, allocator) are reported but left out
-of the median.
+of the median. With `time_limit_s` the run takes no further step once that many seconds have passed
+since it began (model building and compilation included), provided one step after the warm-up is timed:
+a benchmark that must end within a budget (`lab.bench.gpu`) reports fewer steps rather than none.
 """
 
 from __future__ import annotations
@@ -67,16 +69,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _past(deadline: float, info) -> bool:
+    """Whether `deadline` has passed on any process: every process must stop after the same step."""
+    flag = torch.tensor([1.0 if time.perf_counter() > deadline else 0.0])
+    if info.sharded:
+        flag = distributed.all_reduce(flag, info, op="max")
+    return flag.item() > 0
+
+
 def run(recipe, steps: int = 30, warmup: int = 3, experts: int | None = None, top_k: int = 2,
         measure_peak: bool = True, activation_checkpointing: bool | None = None,
-        on_step: Callable[[dict], None] | None = None) -> dict:
+        on_step: Callable[[dict], None] | None = None, time_limit_s: float | None = None) -> dict:
     """Train `steps` steps of `recipe` (path, dict or Recipe) on random tokens; a JSON-able report.
 
     `activation_checkpointing` overrides the recipe's switch when given. `on_step(record)` is called
-    after every step with its step, seconds, tokens_per_s, loss and MFU(s).
+    after every step with its step, seconds, tokens_per_s, loss and MFU(s). `time_limit_s`: see the
+    module docstring.
     """
     from lab.train import load_recipe
 
+    began = time.perf_counter()
     recipe = load_recipe(recipe)
     if steps <= warmup:
         raise LabError(f"steps ({steps}) must exceed warmup ({warmup})")
@@ -89,12 +101,13 @@ def run(recipe, steps: int = 30, warmup: int = 3, experts: int | None = None, to
     recipe = recipe.replace(**changes)
     info = distributed.setup(recipe.hardware.device)
     try:
-        return _run(recipe, cfg, info, steps, warmup, measure_peak, on_step)
+        deadline = None if time_limit_s is None else began + time_limit_s
+        return _run(recipe, cfg, info, steps, warmup, measure_peak, on_step, deadline)
     finally:
         distributed.teardown(info)
 
 
-def _run(recipe, cfg, info, steps, warmup, measure_peak, on_step) -> dict:
+def _run(recipe, cfg, info, steps, warmup, measure_peak, on_step, deadline=None) -> dict:
     from lab.train.setup import build_model, make_optimizer, place_model
     from lab.train.step import train_step
 
@@ -141,6 +154,8 @@ def _run(recipe, cfg, info, steps, warmup, measure_peak, on_step) -> dict:
             on_step(record)
         if not math.isfinite(record["loss"]):
             raise LabError(f"the loss is {record['loss']} at step {step} (try a lower optim.lr)")
+        if deadline is not None and not record["warmup"] and _past(deadline, info):
+            break
 
     timed = [r for r in records if not r["warmup"]]
     tokens_per_s = statistics.median(r["tokens_per_s"] for r in timed)
@@ -153,7 +168,7 @@ def _run(recipe, cfg, info, steps, warmup, measure_peak, on_step) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()) * (info.world_size if info.sharded else 1),
         "active_parameters": active_parameters(cfg), "n_experts": cfg.n_experts, "top_k": cfg.top_k,
         "flops_per_token": fpt, "tokens_per_step": tokens_per_step, "seq_len": spec.seq_len,
-        "steps": steps, "warmup": warmup, "tokens_per_s": tokens_per_s,
+        "steps": len(records), "steps_requested": steps, "warmup": warmup, "tokens_per_s": tokens_per_s,
         "peak_flops": peak, "peak_name": peak_name, "measured_matmul_peak": measured,
         "mfu": mfu(per_device, fpt, peak) if peak is not None else None,
         "mfu_measured_peak": mfu(per_device, fpt, measured) if measured is not None else None,

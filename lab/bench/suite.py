@@ -115,9 +115,11 @@ def run(out: str | Path = "bench", threads: int = 2, quick: bool = False, only: 
         report["measured"][name] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if "training" in report and not quick:  # the quick mode's toy models are not the recipes' models
         training_mfu(report)
-    gpu = sorted(Path(out).glob(MFU_GLOB))
-    if gpu:  # GPU runs of `python -m lab bench mfu --json OUT/mfu-NAME.json`, measured elsewhere
-        report["mfu"] = [{k: v for k, v in json.loads(p.read_text()).items() if k != "records"} for p in gpu]
+    # GPU runs of `python -m lab bench mfu --json OUT/mfu-NAME.json`, measured elsewhere; not the stand-in
+    # shapes of `bench gpu --dry-run`, which measure nothing
+    gpu = [r for r in (json.loads(p.read_text()) for p in sorted(Path(out).glob(MFU_GLOB))) if not r.get("dry_run")]
+    if gpu:
+        report["mfu"] = [{k: v for k, v in r.items() if k != "records"} for r in gpu]
     write(report, out)
     return report
 

@@ -81,10 +81,38 @@ def run_mfu(args: argparse.Namespace) -> None:
         raise LabError(f"--warmup ({args.warmup}) must be below --steps ({args.steps})")
     report = mfu.run(args.recipe, steps=args.steps, warmup=args.warmup, experts=args.experts, top_k=args.top_k,
                      measure_peak=not args.no_matmul_peak, activation_checkpointing=args.activation_checkpointing,
-                     on_step=lambda r: print(mfu.format_step(r), flush=True))
+                     on_step=lambda r: print(mfu.format_step(r), flush=True), time_limit_s=args.time_limit)
     if report["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
         print(mfu.format_report(report))
         _write_json(report, args.json)
+
+
+def run_parity(args: argparse.Namespace) -> None:
+    from lab.bench import hf_parity
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LabError("--device cuda: this machine has no CUDA GPU")
+    report = hf_parity.run(args.device, quick=args.quick)
+    print(hf_parity.format_report(report))
+    _write_json(report, args.json)
+    if not report["passed"]:
+        failed = [f"{r['model']} {r['dtype']}" for r in report["results"] if not r["passed"]]
+        raise LabError(f"our logits differ from transformers' beyond the tolerance: {', '.join(failed)}")
+
+
+def run_gpu(args: argparse.Namespace) -> None:
+    from lab.bench import gpu
+
+    summary = gpu.run(args.out, dry_run=args.dry_run, budget_s=args.budget_s,
+                      progress=lambda line: print(line, flush=True))
+    print(gpu.format_summary(summary))
+    print(f"wrote {Path(args.out) / gpu.SUMMARY}")
+    bad = [p["name"] for p in summary["parts"] if p["status"] in ("failed", "timeout")]
+    if bad:
+        raise LabError(f"bench gpu: {', '.join(bad)} did not finish well (see {Path(args.out) / gpu.SUMMARY})")
 
 
 def _common(parser, *, workdir: bool = False) -> None:
@@ -154,5 +182,26 @@ def add_parser(subparsers) -> None:
     m.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="override the recipe's hardware.activation_checkpointing")
     m.add_argument("--no-matmul-peak", action="store_true", help="skip measuring the device's matmul peak")
+    m.add_argument("--time-limit", type=float, metavar="S",
+                   help="take no further step once S seconds have passed (at least one step after warm-up)")
     m.add_argument("--json", help="also write the report to this JSON file (bench/mfu-NAME.json joins results.md)")
     m.set_defaults(func=run_mfu)
+
+    c = benchmarks.add_parser("parity", help="our model vs transformers' on a device, fp32 and bf16, dense and MoE",
+                              description="Random dense (Llama) and MoE (Mixtral) models, written by the lab and "
+                                          "opened by transformers, compared on the same tokens in fp32 and bf16.")
+    c.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="where to compare (default: cuda)")
+    c.add_argument("--quick", action="store_true", help="toy sizes (seconds on a CPU)")
+    c.add_argument("--json", help="also write the report to this JSON file")
+    c.set_defaults(func=run_parity)
+
+    u = benchmarks.add_parser("gpu", help="one H200 in 8 minutes: CUDA parity, MFU of the 1B dense and 8x1B MoE",
+                              description="CUDA parity with transformers, then the MFU of recipes/gpu-1b.yaml and "
+                                          "of its 8-expert top-2 upcycle, within a time budget; writes "
+                                          "OUT/mfu-dense-1b.json, OUT/mfu-moe-8x1b.json and OUT/gpu.json.")
+    u.add_argument("--out", default="bench", help="the results' directory (default: bench)")
+    u.add_argument("--budget-s", type=float, default=480.0,
+                   help="seconds for everything (default 480); a part that would not fit is skipped")
+    u.add_argument("--dry-run", action="store_true",
+                   help="the same script on the CPU with tiny stand-in shapes, results marked dry_run")
+    u.set_defaults(func=run_gpu)

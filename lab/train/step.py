@@ -35,7 +35,9 @@ def train_step(model, micro_batches: Sequence[torch.Tensor], optimizer: torch.op
     for group in optimizer.param_groups:
         group["lr"] = lr
     accum = len(micro_batches)
-    sums = torch.zeros(5)  # loss, lm_loss, aux_loss, z_loss, router_entropy
+    # The sums stay on the batches' device until the step ends: reading a loss on the host after each
+    # micro-batch would wait for its backward, and the GPU would idle while the next forward is launched.
+    sums = torch.zeros(5, device=micro_batches[0].device)  # loss, lm_loss, aux_loss, z_loss, router_entropy
     experts = None
     for ids in micro_batches:
         with autocast():
@@ -44,14 +46,16 @@ def train_step(model, micro_batches: Sequence[torch.Tensor], optimizer: torch.op
         values = [out.loss, out.lm_loss]
         if out.aux_loss is not None:
             values += [out.aux_loss, out.z_loss, out.router_entropy]
-            counts = out.tokens_per_expert.detach().cpu()
+            counts = out.tokens_per_expert.detach()
             experts = counts if experts is None else experts + counts
-        sums[: len(values)] += torch.stack([v.detach().float().cpu() for v in values])
+        sums[: len(values)] += torch.stack([v.detach().float() for v in values])
     clip = grad_clip if grad_clip > 0 else math.inf
     grad_norm = distributed.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    means = sums / accum
+    means = (sums / accum).cpu()  # the step's one wait for the device (the record holds Python numbers)
+    if experts is not None:
+        experts = experts.cpu()
     if info is not None:
         means = distributed.all_reduce(means, info)
     record = {"loss": means[0].item(), "lm_loss": means[1].item(), "lr": lr, "grad_norm": grad_norm.item()}
