@@ -400,12 +400,14 @@ def test_the_shipped_claims_are_the_rule_applied_to_their_values_and_the_readme_
     shipped = json.loads((DATA_DIR / "claims.json").read_text())  # committed: a missing file fails
     other_seeds = json.loads((DATA_DIR / "claims-seed-1000.json").read_text())
     assert shipped["claims"] and RULE_FOOTER in shipped["rule"] and RULE_FOOTER in other_seeds["rule"]
-    for entry in shipped["claims"] + other_seeds["claims"]:
-        # The file holds the rule of every kind it judges, in today's words (a file judged before a kind was
-        # added holds the rule without that kind: the words of the older kinds have not changed).
-        assert KIND_RULES[entry["kind"]] in shipped["rule"] and KIND_RULES[entry["kind"]] in other_seeds["rule"]
-        assert len(entry["seeds"]) >= 3
-        assert entry["verdict"] == verdict(entry["a_values"], entry["b_values"], entry["kind"], entry.get("tolerance"))
+    for judged in (shipped, other_seeds):
+        for entry in judged["claims"]:
+            # Each file holds the rule of every kind it judges, in today's words (a file judged before a kind
+            # was added holds the rule without that kind: the words of the older kinds have not changed).
+            assert KIND_RULES[entry["kind"]] in judged["rule"]
+            assert len(entry["seeds"]) >= 3
+            assert entry["verdict"] == verdict(entry["a_values"], entry["b_values"], entry["kind"],
+                                               entry.get("tolerance"))
     # Other seeds give no claim the opposite verdict.
     opposite = {("holds", "contradicted"), ("contradicted", "holds")}
     verdicts = {e["id"]: e["verdict"] for e in other_seeds["claims"]}
