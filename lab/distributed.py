@@ -4,7 +4,8 @@
 WORLD_SIZE and LOCAL_RANK in their environment. `setup` joins them into a process group (gloo on
 CPU, nccl on GPU); `shard` wraps the model with FSDP2: `fully_shard` on every block, then on the root,
 so each block's parameters are gathered just before its forward and freed after (torchtitan's
-layout). On GPU with bf16 precision the parameters compute in bf16 and gradients reduce in fp32.
+layout), over all processes or, with `hardware.shard_group`, inside groups of that many and replicated
+across them (HSDP). On GPU with bf16 precision the parameters compute in bf16 and gradients reduce in fp32.
 With expert parallelism (`hardware.expert_parallel`) the experts are split first (`lab.expert_parallel`).
 
 Under torchrun each process writes its own shards of a training checkpoint (lab.train.state,
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lab.errors import LabError
+from lab.errors import LabError, RecipeError
 
 
 @dataclass(frozen=True)
@@ -81,28 +82,60 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def shard(model: nn.Module, info: DistInfo, bf16: bool = False, expert_parallel: int = 1) -> nn.Module:
+def check_shard_group(shard_group: int | None, expert_parallel: int, world_size: int) -> None:
+    """Raise one RecipeError naming `hardware.shard_group` when HSDP with shard groups of `shard_group`
+    processes cannot lay out this run's `world_size` processes (None: one group of all of them)."""
+    if shard_group is None:
+        return
+    key = "hardware.shard_group"
+    if world_size % shard_group:
+        launch = (" (more than one process needs torchrun: `python -m torch.distributed.run --nproc_per_node N "
+                  "-m lab train ...`)" if world_size == 1 else "")
+        raise RecipeError(key, f"{shard_group} does not divide the {world_size} processes{launch}")
+    if shard_group % expert_parallel:
+        raise RecipeError(key, f"{shard_group} is not a multiple of hardware.expert_parallel {expert_parallel}: "
+                               "an expert-parallel group must lie inside one shard group")
+
+
+def data_parallel_mesh(device_type: str, world_size: int, shard_group: int | None):
+    """FSDP2's mesh: 1-D over all processes (each parameter sharded over all of them), or with shard groups
+    of `shard_group` consecutive ranks the 2-D ("replicate", "shard") mesh of shape
+    (world_size / shard_group, shard_group): HSDP, sharded inside a group, replicated across groups."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if shard_group is None or shard_group == world_size:
+        return init_device_mesh(device_type, (world_size,))
+    return init_device_mesh(device_type, (world_size // shard_group, shard_group),
+                            mesh_dim_names=("replicate", "shard"))
+
+
+def shard(model: nn.Module, info: DistInfo, bf16: bool = False, expert_parallel: int = 1,
+          shard_group: int | None = None) -> nn.Module:
     """FSDP2: `fully_shard` each block, then the root (embedding, final norm, LM head).
 
-    bf16 mixed precision (bf16 parameters in compute, fp32 gradient reduction) on GPU only: on CPU
-    the training loop uses autocast instead. With `expert_parallel` R > 1 the MoE layers' stacked
-    expert weights are first split along the experts over groups of R processes (`lab.expert_parallel`,
-    a 2-D DeviceMesh "dp" x "ep"), and FSDP2 shards every other parameter over all processes as before.
+    With `shard_group` S (`hardware.shard_group`) the parameters are sharded inside groups of S
+    consecutive ranks and replicated across the groups (HSDP, `data_parallel_mesh`): the all-gathers and
+    reduce-scatters of every step stay inside a group (a node), and only one all-reduce of the gradient
+    shards a step crosses groups. bf16 mixed precision (bf16 parameters in compute, fp32 gradient
+    reduction) on GPU only: on CPU the training loop uses autocast instead. With `expert_parallel` R > 1
+    the MoE layers' stacked expert weights are first split along the experts over groups of R processes
+    (`lab.expert_parallel`), and FSDP2 shards them further over the processes of the shard group that
+    hold the same experts, in a parameter group of their own (`expert_placement`).
     """
     if not info.sharded:
         return model
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(info.device.type, (info.world_size,))
-    kwargs = {"mesh": mesh}
+    check_shard_group(shard_group, expert_parallel, info.world_size)
+    kwargs = {"mesh": data_parallel_mesh(info.device.type, info.world_size, shard_group)}
     if bf16 and info.device.type == "cuda":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if expert_parallel > 1:
-        from lab.expert_parallel import distribute_experts, expert_mesh
+        from lab.expert_parallel import distribute_experts, expert_mesh, expert_placement
 
-        experts = distribute_experts(model, expert_mesh(info.device.type, info.world_size, expert_parallel))
-        kwargs["ignored_params"] = set(experts)
+        mesh = expert_mesh(info.device.type, info.world_size, expert_parallel, shard_group or info.world_size)
+        experts = distribute_experts(model, mesh["ep"])
+        kwargs["shard_placement_fn"] = expert_placement(mesh, experts, model.config.n_experts)
     for block in model.layers:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
@@ -160,8 +193,9 @@ def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
 
     FSDP2's gradients are DTensors on one mesh, which `torch.nn.utils.clip_grad_norm_` handles (the path
     taken whenever there is at most one mesh). Under expert parallelism the expert weights' gradients
-    live on the ("dp", "ep") mesh and the others on FSDP2's: each mesh's norm is made whole
-    (`full_tensor`), the squares add up to the global norm, and every gradient scales by one factor.
+    live on a mesh of their own (FSDP2's over "ep", `lab.expert_parallel`) and the others on the
+    data-parallel mesh: each mesh's norm is made whole (`full_tensor`), the squares add up to the global
+    norm, and every gradient scales by one factor.
     """
     params = [p for p in parameters if p.grad is not None]
     by_mesh: dict = {}

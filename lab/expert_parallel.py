@@ -7,12 +7,18 @@ rows this process sends (its assignments, sorted by expert), P rows it receives 
 experts from every process of the group).
 
 The layout (GShard, Lepikhin et al. 2020, arXiv 2006.16668; torchtitan's ExpertParallel over stacked
-(E, F, D) expert weights): the W processes form a 2-D DeviceMesh ("dp", "ep") of shape (W / R, R), row
-major, so an EP group is R consecutive ranks (inside a node, where the all-to-all is fast). The stacked
-expert weights w_gate, w_up (E, F, D) and w_down (E, D, F) are DTensors on that mesh with placements
-(Replicate(), Shard(0)): process r of its EP group holds experts r * L .. r * L + L - 1, and the W / R
-EP groups hold the same experts. Every other parameter is sharded by FSDP2 over all W processes as
-without EP (`lab.distributed.shard`), which leaves the expert weights alone (`ignored_params`).
+(E, F, D) expert weights, sharded by FSDP2 as torchtitan shards them): the W processes form a 3-D
+DeviceMesh ("replicate", "shard", "ep") of shape (W / S, S / R, R), row major, where S is the shard group
+of HSDP (`hardware.shard_group`, W when unset). An EP group is R consecutive ranks (inside a node, where the
+all-to-all is fast), and R divides S, so an EP group lies inside one shard group. The stacked expert
+weights w_gate, w_up (E, F, D) and w_down (E, D, F) are DTensors Shard(0) on "ep": process r of its EP
+group holds experts r * L .. r * L + L - 1. FSDP2 then shards those L experts over "shard" (the S / R
+processes of the shard group that hold the same experts) and replicates them over "replicate" (the other
+shard groups): each process stores 1 / (S / R) of its L experts, so the experts cost every process
+E / S of their memory, as the other parameters do. FSDP2 gathers a layer's L experts inside the shard
+group before its forward and reduce-scatters their gradients after its backward (`expert_placement`);
+every other parameter (attention, norms, routers, shared experts, embeddings) it shards over the
+shard group, as without EP (`lab.distributed.shard`).
 
 Dispatch, per MoE layer: each process routes its own tokens (`lab.moe.route`) and sorts its M
 assignments by expert (`lab.moe.sort_by_expert`); sorted by expert they are sorted by owning process
@@ -26,8 +32,9 @@ up to fp32 reduction order.
 
 Gradients and losses: process r's loss is the mean over its own tokens, and FSDP2 averages gradients
 over the W processes, so the model trains on the mean of the W losses. An expert weight's local
-gradient already sums what every process of its EP group sent through it; `GradientMean` sums it over
-the "dp" dimension too (the other EP groups' tokens) and divides by W, the same mean. The
+gradient already sums what every process of its EP group sent through it; FSDP2 averages it over the
+W / R processes that hold the same experts (the other EP groups' tokens), and `GradientMean` divides it
+by R, which makes it the same mean over W. The
 load-balancing loss takes f_e from the counts of every process (`global_counts`), which makes the mean
 of the processes' losses the unsharded model's; without EP each process keeps its own f_e (Megatron).
 On one process, or with R = 1, nothing here runs: the MoE layer is today's.
@@ -44,7 +51,8 @@ from lab.errors import RecipeError
 from lab.moe import MoE, combine, expert_mlps, sort_by_expert
 
 EXPERT_WEIGHTS = ("w_gate", "w_up", "w_down")
-MESH_DIMS = ("dp", "ep")  # data-parallel x expert-parallel
+# HSDP replicas x processes sharing a shard group's experts x expert-parallel group
+MESH_DIMS = ("replicate", "shard", "ep")
 
 
 def check_expert_parallel(size: int, cfg: ModelConfig, world_size: int) -> None:
@@ -108,9 +116,10 @@ def local_experts(x: torch.Tensor, recv_counts: torch.Tensor, w_gate, w_up, w_do
 
 
 class GradientMean(torch.autograd.Function):
-    """Identity forward; the backward turns an expert weight's gradient into the mean over the W processes:
-    summed over the "dp" dimension (the EP groups holding the same experts) and divided by W (see the
-    module docstring). In the graph rather than a hook on the parameter, which `Module.to_empty` drops."""
+    """Identity forward; the backward divides an expert weight's gradient by R, the EP group's size. FSDP2
+    then averages it over the W / R processes holding the same experts, and the two make it the mean over
+    the W processes (see the module docstring). In the graph rather than a hook on the parameter, which
+    `Module.to_empty` drops."""
 
     @staticmethod
     def forward(ctx, local_weight, shard: "ExpertShard"):
@@ -119,29 +128,23 @@ class GradientMean(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad / ctx.shard.world_size
-        if ctx.shard.replicas.size() > 1:
-            dist.all_reduce(grad, group=ctx.shard.replicas)
-        return grad, None
+        return grad / ctx.shard.size, None
 
 
 def _local(weight: torch.Tensor, shard: "ExpertShard", like: torch.Tensor) -> torch.Tensor:
-    """This process's experts of a stacked weight (its DTensor shard), in the dtype of the activations
-    (FSDP2's bf16 parameter policy leaves the expert weights fp32: cast as it casts the others)."""
+    """This process's experts of a stacked weight (its DTensor shard on "ep"), in the dtype of the
+    activations (under CPU autocast the weights stay fp32, and the grouped matmul takes one dtype)."""
     local = GradientMean.apply(weight.to_local(), shard)
     return local if local.dtype == like.dtype else local.to(like.dtype)
 
 
 class ExpertShard:
-    """One process's place in the 2-D ("dp", "ep") mesh, and the dispatch an MoE layer runs through it
-    (`MoE.forward` calls `routed_experts` and `global_counts` when its `expert_shard` is set)."""
+    """One process's EP group, and the dispatch an MoE layer runs through it (`MoE.forward` calls
+    `routed_experts` and `global_counts` when its `expert_shard` is set)."""
 
-    def __init__(self, mesh):
-        self.mesh = mesh
-        self.group = mesh.get_group("ep")
-        self.size = mesh.size(1)  # R
-        self.replicas = mesh.get_group("dp")  # the processes that hold the same experts
-        self.world_size = mesh.size()
+    def __init__(self, ep_mesh):
+        self.group = ep_mesh.get_group()
+        self.size = ep_mesh.size()  # R
 
     def routed_experts(self, x, weights, experts, w_gate, w_up, w_down) -> torch.Tensor:
         """What `lab.moe.grouped_experts` computes with all E experts, for this process's tokens x (N, D),
@@ -167,25 +170,24 @@ class ExpertShard:
         return counts_E
 
 
-def distribute_experts(model: nn.Module, mesh) -> list[nn.Parameter]:
-    """Make every MoE layer's stacked expert weights DTensors on `mesh` ("dp", "ep"), Shard(0) along the
-    experts on "ep", and point the layers at their `ExpertShard`; returns those parameters (for FSDP2 to
-    leave alone).
+def distribute_experts(model: nn.Module, ep_mesh) -> list[nn.Parameter]:
+    """Make every MoE layer's stacked expert weights DTensors Shard(0) along the experts on the 1-D
+    `ep_mesh`, and point the layers at their `ExpertShard`; returns those parameters (for FSDP2 to shard
+    further over the processes that hold the same experts, `expert_placement`).
 
     Every process holds the same whole values (the same seed, the same checkpoint, or the meta device),
     so each keeps its slice without communication.
     """
-    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor import Shard, distribute_tensor
 
-    shard = ExpertShard(mesh)
-    placements = (Replicate(), Shard(0))
+    shard = ExpertShard(ep_mesh)
     distributed = []
     for module in model.modules():
         if not isinstance(module, MoE):
             continue
         for name in EXPERT_WEIGHTS:
             weight = getattr(module, name)
-            local = distribute_tensor(weight.data, mesh, placements, src_data_rank=None)
+            local = distribute_tensor(weight.data, ep_mesh, (Shard(0),), src_data_rank=None)
             param = nn.Parameter(local, requires_grad=weight.requires_grad)
             module.register_parameter(name, param)
             distributed.append(param)
@@ -193,8 +195,44 @@ def distribute_experts(model: nn.Module, mesh) -> list[nn.Parameter]:
     return distributed
 
 
-def expert_mesh(device_type: str, world_size: int, size: int):
-    """The 2-D DeviceMesh ("dp", "ep") of shape (world_size / size, size): EP groups of consecutive ranks."""
+def expert_mesh(device_type: str, world_size: int, size: int, shard_group: int):
+    """The 3-D DeviceMesh ("replicate", "shard", "ep") of shape (world_size / shard_group,
+    shard_group / size, size): EP groups of consecutive ranks inside shard groups of consecutive ranks."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    return init_device_mesh(device_type, (world_size // size, size), mesh_dim_names=MESH_DIMS)
+    shape = (world_size // shard_group, shard_group // size, size)
+    return init_device_mesh(device_type, shape, mesh_dim_names=MESH_DIMS)
+
+
+def expert_placement(mesh, experts: list[nn.Parameter], n_experts: int):
+    """FSDP2's `shard_placement_fn` for a model whose `experts` are on `mesh` (`expert_mesh`): the expert
+    weights are sharded over "shard" and replicated over "replicate" (their own FSDP2 parameter group,
+    gathered and reduced among the processes that hold the same experts), everything else as the
+    `fully_shard` call says (None).
+
+    Along dim 0 (whole experts) when the L = E / R local experts split evenly over the S / R processes;
+    otherwise along dim 1 (each process a slice of every local expert: F of w_gate and w_up, D of
+    w_down), as torchtitan does when there are fewer local experts than processes to shard them over
+    (and when dim 1 does not split evenly either, along dim 0 with FSDP2's padding).
+    """
+    # `fully_shard` documents ShardPlacementResult as what `shard_placement_fn` returns to put a parameter on
+    # another mesh (its example: MoE experts); torch 2.13 defines it here without exporting it.
+    from torch.distributed.fsdp._fully_shard._fsdp_common import (FSDPMeshInfo, HSDPMeshInfo,
+                                                                   ShardPlacementResult)
+    from torch.distributed.tensor import Shard
+
+    # One FSDPMeshInfo for all of them: FSDP2 puts the parameters of one mesh into one group.
+    if mesh.size(0) > 1:
+        info = HSDPMeshInfo(mesh["replicate", "shard"], shard_mesh_dim=1, replicate_mesh_dim=0)
+    else:
+        info = FSDPMeshInfo(mesh["shard"], shard_mesh_dim=0)
+    local_experts, over = n_experts // mesh.size(2), mesh.size(1)
+    ids = {id(p) for p in experts}
+
+    def placement(param: nn.Parameter):
+        if id(param) not in ids:
+            return None
+        dim = 0 if local_experts % over == 0 or param.shape[1] % over else 1
+        return ShardPlacementResult(Shard(dim), info)
+
+    return placement

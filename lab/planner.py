@@ -21,10 +21,11 @@ The model of a step, per GPU (every assumption is here, so a reader can disagree
   overlap compute (prefetch), the all-to-all does not. The bottleneck link is NVLink inside a node and
   the node's network (per GPU) across nodes.
 
-The lab's trainer runs FSDP2 over all its GPUs (a flat mesh) for the dense parameters, and expert
-parallelism (`hardware.expert_parallel`, `lab.expert_parallel`) with each rank's E / EP experts replicated,
-not sharded, across the data-parallel dimension; HSDP is not in the trainer yet. The memory here assumes
-the experts sharded across the shard group as well: what a run of the paper's size needs.
+The lab's trainer runs each layout planned here: the shard group is the recipe's `hardware.shard_group`
+(HSDP, `lab.distributed.shard`; unset when it is every GPU) and EP its `hardware.expert_parallel`, whose
+E / EP experts per GPU FSDP2 shards over the shard group's GPUs that hold the same experts
+(`lab.expert_parallel`), so the experts cost 1 / shard group of their state per GPU, as the rest does.
+The trainer needs the EP group inside a shard group (EP divides the shard group), and so does the plan.
 
 The layout chosen: the smallest shard group (in whole nodes, or less than a node) whose memory fits
 with one sequence per GPU, so that as little traffic as possible crosses nodes; then the largest
@@ -212,7 +213,7 @@ def plan(work: Workload, gpus: int, gpu: GPU, per_node: int = 8, memory_reserve:
         ep = max(d for d in range(1, min(cfg.n_experts, per_node, gpus) + 1)
                  if cfg.n_experts % d == 0 and gpus % d == 0)
     for shard in _shard_groups(gpus, per_node):
-        if shard < ep:
+        if shard % ep:  # the trainer places each EP group inside one shard group
             continue
         fits = [p for checkpointing in (False, True) for micro in _micro_batches(work, gpus)
                 for p in [_layout(work, gpus, gpu, per_node, shard, ep, micro, checkpointing)]
@@ -273,11 +274,15 @@ def describe(p: Plan) -> list[str]:
             f"data parallel: the whole model on each of the {p.gpus} GPUs" if p.shard_group == 1 else
             f"FSDP2 over all {p.gpus} GPUs" if p.shard_group == p.gpus else
             f"HSDP: shard groups of {p.shard_group} GPUs, {p.replicas} replicas")
-    per_gpu = cfg.n_experts // p.expert_parallel
+    per_gpu, holders = cfg.n_experts // p.expert_parallel, p.shard_group // p.expert_parallel
     ep = (f", expert parallel {p.expert_parallel} ({per_gpu} expert{'s' if per_gpu > 1 else ''} per GPU)"
           if p.expert_parallel > 1 else "")
+    if ep and holders > 1:
+        ep += f", stored sharded over the {holders} GPUs of a shard group that compute the same experts"
     lines.append(f"  layout: {kind}{ep}; micro-batch {p.micro_batch} sequence(s) per GPU, gradient accumulation "
                  f"{p.grad_accum}, activation checkpointing {'on' if p.checkpointing else 'off'}")
+    if p.gpus > 1:
+        lines.append(f"  train it so: {trainer_options(p)}")
     asked = w.global_sequences
     batch = f"  global batch: {p.global_sequences:,} sequences ({_count(p.global_sequences * w.seq_len)} tokens)"
     if p.global_sequences != asked:
@@ -293,3 +298,17 @@ def describe(p: Plan) -> list[str]:
         days = w.steps * p.step_s / 86400
         lines.append(f"  {w.steps:,} steps: about {days:,.1f} days")
     return lines
+
+
+def trainer_options(p: Plan) -> str:
+    """The `python -m lab train` options (and recipe keys) that give the trainer this plan's layout."""
+    layout = {}
+    if p.shard_group < p.gpus:
+        layout["shard_group"] = p.shard_group
+    if p.expert_parallel > 1:
+        layout["expert_parallel"] = p.expert_parallel
+    if not layout:
+        return f"torchrun over {p.gpus} GPUs, the recipe's hardware as it is (FSDP2 over all of them)"
+    options = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in layout.items())
+    keys = ", ".join(f"{key}: {value}" for key, value in layout.items())
+    return f"torchrun over {p.gpus} GPUs with {options} (recipe hardware: {{{keys}}})"

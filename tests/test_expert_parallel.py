@@ -1,6 +1,8 @@
 """Expert parallelism (lab.expert_parallel): the dispatch by all-to-all computes what the unsharded MoE
 layer computes, and `--expert-parallel 2` on 2 gloo processes trains `recipes/tiny-moe.yaml` as one
-process does: the same losses, tokens per expert and checkpoints, and a run resumes under another EP size."""
+process does: the same losses, tokens per expert and checkpoints, and a run resumes under another EP size.
+On 4 processes the experts are sharded over the processes that hold the same experts too: each process
+holds E / (R * 2) of them (or half of each, when there are fewer than that), and trains as one process."""
 
 import os
 import shutil
@@ -17,6 +19,7 @@ from lab.errors import LabError, RecipeError
 from lab.expert_parallel import check_expert_parallel, local_experts, received_order
 from lab.moe import combine, grouped_experts, sort_by_expert
 from lab.train import load_recipe, train
+from mesh_layouts import run_layouts
 from train_fixtures import records, tiny_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -94,11 +97,11 @@ def test_expert_parallel_is_checked_before_a_run_starts(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def torchrun(*args):
+def torchrun(*args, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                            "-m", "lab", "train", *map(str, args), "--quiet"],
                           capture_output=True, text=True, env=env, timeout=300)
 
@@ -166,3 +169,36 @@ def test_two_expert_parallel_processes_train_as_one(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_losses(one_then_two, one, range(1, STEPS + 1))
     assert_same_model(one_then_two / "final", one / "final")
+
+
+@pytest.mark.slow
+def test_each_process_holds_only_its_slice_of_the_experts():
+    """4 processes (mesh_layouts.py asserts every local shape): EP 2 with 8 experts, each process 2 whole
+    experts (4 per EP rank, sharded over the 2 processes holding them); EP 2 with 2 experts, each process
+    half of its expert's columns; EP 2 in HSDP shard groups of 2 (the experts replicated across the groups);
+    EP 4. One forward and backward equals the unsharded model's on the whole batch."""
+    for layout, diffs in run_layouts("2:-:8", "2:-:2", "2:2:8", "4:-:8").items():
+        assert diffs["loss_diff"] < 1e-5 and diffs["grad_diff"] < 1e-6 and diffs["norm_diff"] < 1e-5, (layout, diffs)
+
+
+@pytest.mark.slow
+def test_experts_sharded_over_data_parallel_train_as_one_process(tmp_path):
+    """EP 2 on 4 processes (experts sharded over the 2 processes holding the same ones) trains steps 1-3 and
+    saves them as shards; EP 2 on 2 processes (nothing to shard them over) resumes to step 6. The losses,
+    tokens per expert and the final model equal one process's."""
+    recipe = tiny_recipe(model={"n_experts": 8, "top_k": 2, "moe_ffn_dim": 32},
+                         train={"max_steps": 6, "eval_every": 0, "save_every": 3, "sample_tokens": 0})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    one, run = tmp_path / "one", tmp_path / "four-then-two"
+    train(recipe, one, progress=False)
+
+    first = torchrun("--recipe", path, "--out", run, "--max-steps", 3, "--expert-parallel", 2, nproc=4)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = torchrun("--recipe", path, "--out", run, "--resume", "--expert-parallel", 2)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert records(run, "resume")[-1]["from_step"] == 3
+    assert_same_losses(run, one, range(1, 7))
+    assert_same_model(run / "final", one / "final")
+    difference = max(abs(a["loss"] - b["loss"]) for a, b in zip(records(run, "train"), records(one, "train")))
+    print(f"largest loss difference against one process: {difference:.2e}")

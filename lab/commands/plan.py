@@ -37,9 +37,6 @@ def run(args: argparse.Namespace) -> None:
               "data sheets (lab/planner.py says how), not a measurement")
         for p in plans:
             print("\n".join(describe(p)))
-        if any(p.expert_parallel > 1 or p.replicas > 1 < p.shard_group for p in plans):
-            print("note: the lab's trainer shards over all GPUs without expert parallelism so far; HSDP and EP "
-                  "are what runs of this size use (lab/planner.py)")
     if refusals:
         raise LabError(refusals[0] + (f" (and {len(refusals) - 1} more stage(s))" if len(refusals) > 1 else ""))
 

@@ -1,4 +1,5 @@
-"""`python -m lab train --recipe RECIPE --out DIR [--max-steps N] [--resume] [--init CKPT] [--expert-parallel N]`.
+"""`python -m lab train --recipe RECIPE --out DIR [--max-steps N] [--resume] [--init CKPT] [--expert-parallel N]
+[--shard-group N]`.
 
 Under `python -m torch.distributed.run --nproc_per_node N -m lab train ...` the same command trains
 with FSDP2 across the N processes; rank 0 writes the run directory.
@@ -21,6 +22,8 @@ def run(args: argparse.Namespace) -> None:
     recipe = load_recipe(args.recipe)
     if args.expert_parallel is not None:
         recipe = recipe.replace(hardware={"expert_parallel": args.expert_parallel})
+    if args.shard_group is not None:
+        recipe = recipe.replace(hardware={"shard_group": args.shard_group})
     try:
         summary = train(recipe, args.out, max_steps=args.max_steps, resume=args.resume, init_from=args.init,
                         progress=not args.quiet)
@@ -59,5 +62,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--expert-parallel", type=positive_int, default=None, metavar="N",
                    help="split each MoE layer's experts over groups of N processes, tokens sent to them by "
                         "all-to-all (recipe hardware.expert_parallel; under torchrun)")
+    p.add_argument("--shard-group", type=positive_int, default=None, metavar="N",
+                   help="HSDP: shard the model inside groups of N consecutive processes (a node) and replicate it "
+                        "across the groups (recipe hardware.shard_group; default: shard over all processes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

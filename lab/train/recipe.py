@@ -13,7 +13,7 @@ optim:   {lr: 3.0e-3, min_lr_ratio: 0.1, warmup_steps: 30, schedule: cosine, wei
 train:   {max_steps: 300, eval_every: 50, eval_sequences: 8, save_every: 100, keep_checkpoints: 2,
           log_every: 1, precision: fp32, sample_tokens: 32, trainable: all}
 hardware: {device: auto, peak_tflops: null, gpu: null, compile: false, activation_checkpointing: false,
-           meta_init: auto, fused_optimizer: auto, expert_parallel: 1}
+           meta_init: auto, fused_optimizer: auto, expert_parallel: 1, shard_group: null}
 ```
 
 Every key is checked: an unknown key, a wrong type or a value out of range raises one LabError
@@ -41,7 +41,9 @@ on CUDA); `fused_optimizer` takes AdamW's fused kernel (`auto`: on CUDA). `exper
 under torchrun, R dividing both the number of processes and of experts) places E / R experts on each
 process of a group of R and sends tokens to their experts by all-to-all, FSDP2 sharding the rest as
 without it (`lab.expert_parallel`); the losses and the checkpoints are those of R = 1, so a run may
-resume under another R.
+resume under another R. `shard_group` S (under torchrun, S dividing the number of processes and a multiple
+of `expert_parallel`) shards every parameter inside groups of S consecutive processes and replicates it
+across the groups (HSDP: the all-gathers stay inside a node); null, the default, shards over all of them.
 """
 
 from __future__ import annotations
@@ -126,6 +128,9 @@ class HardwareSpec:
     fused_optimizer: str = field(default="auto", metadata=one_of(*SWITCHES))
     # Expert parallelism: split each MoE layer's experts over groups of this many processes (lab.expert_parallel).
     expert_parallel: int = field(default=1, metadata=positive())
+    # HSDP: shard the parameters inside groups of this many consecutive processes (a node), replicate them
+    # across the groups (lab.distributed.shard); null: one group of every process (plain FSDP).
+    shard_group: int | None = field(default=None, metadata=rule(lambda v: v is None or v > 0, "must be > 0"))
 
     @staticmethod
     def switch(value: str, device_type: str) -> bool:

@@ -95,6 +95,8 @@ def load_data(recipe: Recipe, cfg: ModelConfig, info: DistInfo) -> RunData:
     if spec.batch_size % info.world_size:
         raise LabError(f"recipe data.batch_size: {spec.batch_size} must be divisible by the "
                        f"{info.world_size} processes")
+    # The processes' layout is checked with the batch they split, before anything is written.
+    distributed.check_shard_group(recipe.hardware.shard_group, recipe.hardware.expert_parallel, info.world_size)
     if spec.tokens is not None:
         from lab.corpus.shards import check_tokenizer, open_joined
 
@@ -173,7 +175,7 @@ def materialize(model: DecoderLM, device: torch.device, seed: int) -> DecoderLM:
     """
     model.to_empty(device=device)
     torch.manual_seed(seed)
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    from torch.distributed.tensor import DTensor
 
     if not any(isinstance(p, DTensor) for p in model.parameters()):
         model.init_weights()
@@ -183,12 +185,21 @@ def materialize(model: DecoderLM, device: torch.device, seed: int) -> DecoderLM:
             whole = torch.empty(p.shape, dtype=p.dtype)
             model.init_parameter_(name, whole)
             if isinstance(p, DTensor):
-                # src_data_rank=None: every process holds `whole` already; each keeps its shard, no communication.
-                local = distribute_tensor(whole.to(device), p.device_mesh, p.placements, src_data_rank=None)
-                p.to_local().copy_(local.to_local())
+                # Every process holds `whole` already; each keeps its piece, no communication.
+                p.to_local().copy_(whole[local_box(p)])
             else:
                 p.copy_(whole)
     return model
+
+
+def local_box(p) -> tuple[slice, ...]:
+    """Where this process's piece of the DTensor parameter `p` lies in the whole tensor, one slice per
+    dimension. FSDP2, HSDP and expert parallelism all shard whole rows or columns (Shard, or FSDP2's
+    _StridedShard over an EP shard of the same dimension), so the piece is one box."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    return tuple(slice(o, o + n) for o, n in zip(offset, shape))
 
 
 def configure(model: DecoderLM, recipe: Recipe) -> DecoderLM:
@@ -210,36 +221,32 @@ def place_model(model: DecoderLM, recipe: Recipe, info: DistInfo) -> torch.nn.Mo
     materialised, so that each process allocates only its shard: a model that does not fit whole in
     one device's memory (or twice in the host's) can still start.
     """
-    bf16, ep = recipe.train.precision == "bf16", recipe.hardware.expert_parallel
+    hw = recipe.hardware
+    layout = {"bf16": recipe.train.precision == "bf16", "expert_parallel": hw.expert_parallel,
+              "shard_group": hw.shard_group}
     if any(p.is_meta for p in model.parameters()):
         source = getattr(model, "weights_from", None)
-        model = distributed.shard(model.train(), info, bf16=bf16, expert_parallel=ep)
+        model = distributed.shard(model.train(), info, **layout)
         if source is not None:
             return (load_model_shards if has_shards(source) else load_shards)(model, source, info.device)
         return materialize(model, info.device, recipe.seed)
-    return distributed.shard(model.to(info.device).train(), info, bf16=bf16, expert_parallel=ep)
+    return distributed.shard(model.to(info.device).train(), info, **layout)
 
 
 def load_shards(model: DecoderLM, path: Path, device: torch.device) -> DecoderLM:
     """Give a model sharded on the meta device (FSDP2, DTensor parameters) the weights of the checkpoint
-    `path`: each process reads from the safetensors files only the rows it owns (FSDP2 shards the first
-    dimension), so its memory holds its shard, never the whole model. The same values as `load_pretrained`
-    followed by sharding (tested by runs resumed on another number of processes)."""
-    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    `path`: each process reads from the safetensors files only the rows that hold its piece (`local_box`),
+    so its memory holds its shard, never the whole model. The same values as `load_pretrained` followed by
+    sharding (tested by runs resumed on another number of processes)."""
+    from torch.distributed.tensor import DTensor
 
     model.to_empty(device=device)
     with CheckpointSource(path) as source, torch.no_grad():
         for name, p in model.named_parameters():
-            if isinstance(p, DTensor) and all(isinstance(pl, Shard) and pl.dim == 0 for pl in p.placements):
-                # FSDP2 shards rows: read this process's rows only (its slice of the file, nothing else).
-                local_shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
-                rows = source.rows(name, offset[0], offset[0] + local_shape[0]).to(dtype=p.dtype)
-                p.to_local()[: rows.shape[0]].copy_(rows)
-            elif isinstance(p, DTensor):  # another layout: read the whole tensor, keep the shard
-                whole = source.tensor(name).to(device=device, dtype=p.dtype)
-                # src_data_rank=None: every process read `whole` itself; each keeps its shard, no communication.
-                p.to_local().copy_(distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None).to_local())
+            if isinstance(p, DTensor):
+                rows, *rest = local_box(p)
+                piece = source.rows(name, rows.start, rows.stop)[(slice(None), *rest)]
+                p.to_local().copy_(piece.to(dtype=p.dtype))
             else:
                 p.copy_(source.tensor(name).to(dtype=p.dtype))
         # The aux-free expert biases are buffers, replicated on every process (lab.moe): read whole.
