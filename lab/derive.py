@@ -21,13 +21,16 @@ The dtype is decided once, here: the source's, whatever its config says.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
+from lab.checkpoint.heap import reuse_freed_memory
 from lab.checkpoint.hf_config import INSERTED_LAYERS, hf_model_type
 from lab.checkpoint.io import check_output_dir
+from lab.checkpoint.memo import RepeatMemo
 from lab.checkpoint.model_card import model_card, plan_details
 from lab.checkpoint.streaming import CheckpointSource, MakeTensor, write_lab_checkpoint
 from lab.config import ModelConfig, dtype_name
@@ -58,7 +61,7 @@ def derive_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathLi
     base model is `source_dir`. An existing `output_dir` is refused unless `overwrite`, before any work.
     """
     check_output_dir(output_dir, overwrite, inputs=(source_dir,))
-    with CheckpointSource(source_dir) as source:
+    with CheckpointSource(source_dir) as source, reuse_freed_memory(), _torch_threads_besides_the_writer():
         target, make = rule(source.config, source.tensor)
         target = target.replace(dtype=source.config.dtype)
         model_type = source.model_type if keep_model_type else hf_model_type(target)
@@ -66,6 +69,20 @@ def derive_checkpoint(source_dir: str | os.PathLike, output_dir: str | os.PathLi
         return write_lab_checkpoint(output_dir, target, make, model_type=model_type,
                                     extra_files=source.tokenizer_files(), max_shard_size=max_shard_size,
                                     overwrite=overwrite, progress=progress, readme=readme)
+
+
+@contextmanager
+def _torch_threads_besides_the_writer() -> Iterator[None]:
+    """One core fewer for torch while a checkpoint is streamed: the writer's thread (`WriteBehind`) takes one.
+    The rules' operations are copies and element-wise passes over a few MB each, which a second OpenMP
+    thread barely speeds up; between them it spins on a core, and measured on a busy two-core machine that
+    slowed upcycling from 1.2x to 2x the copy of its output."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def derive_state_dict(state: dict[str, torch.Tensor], rule: Rule, source: ModelConfig
@@ -80,8 +97,12 @@ def derive_state_dict(state: dict[str, torch.Tensor], rule: Rule, source: ModelC
     target, make = rule(source, read)
     reference = next(iter(state.values()))
     target = target.replace(dtype=dtype_name(reference.dtype))
-    return target, {name: make(name, None).to(dtype=reference.dtype, device=reference.device, copy=True)
-                    for name in parameter_shapes(target)}
+    names = list(parameter_shapes(target))
+    key = getattr(make, "key", None)
+    memo = RepeatMemo([(name,) if key is None else key(name, None) for name in names])  # repeats made once
+    return target, {name: memo.get(i, lambda: make(name, None)).to(dtype=reference.dtype, device=reference.device,
+                                                                    copy=True)
+                    for i, name in enumerate(names)}
 
 
 @torch.no_grad()

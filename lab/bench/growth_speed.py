@@ -2,7 +2,7 @@
 
 A random bf16 llama checkpoint of about 120M parameters is grown by FPI with interpolation to twice
 the hidden size, intermediate size and heads and twice the layers (about 770M parameters). The
-targets: peak memory below half the output size, time within 2x of the copy.
+targets: peak memory at most half the output size, time at most 1.5x the copy.
 """
 
 from __future__ import annotations

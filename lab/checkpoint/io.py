@@ -7,7 +7,9 @@ half-written checkpoint behind.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -23,6 +25,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from lab.checkpoint.hf_config import config_from_hf
+from lab.checkpoint.memo import RepeatMemo, repeat_budget
 from lab.checkpoint.safetensors_stream import TensorEntry, write_safetensors
 from lab.config import ModelConfig
 from lab.errors import CheckpointError, quoted
@@ -63,6 +66,7 @@ class SafetensorsReader:
             raise CheckpointError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
         self._stack = ExitStack()
         self._handles = {}
+        self._data: dict[str, tuple[io.FileIO, dict, int]] = {}  # file name -> (file, header, where data begins)
         for name in files:
             path = directory / name
             if not path.is_file():
@@ -71,6 +75,8 @@ class SafetensorsReader:
                 self._handles[name] = self._stack.enter_context(safe_open(str(path), framework="pt"))
             except Exception as e:  # safetensors raises its own error types for corrupt headers
                 raise CheckpointError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
+            file = self._stack.enter_context(io.FileIO(path, "r"))
+            self._data[name] = (file, *_header(file))
         if weight_map is None:
             weight_map = {key: SINGLE_FILE for key in self._handles[SINGLE_FILE].keys()}
         self.weight_map: dict[str, str] = weight_map
@@ -101,60 +107,77 @@ class SafetensorsReader:
         """The tensor `key`, after checking its shape against what the config implies and (with `finite`)
         that it holds no NaN or infinity: a model that computes NaN from its first step is a broken
         file, not a learning rate to tune."""
-        shape = self.shape(key)
-        if shape != tuple(expected_shape):
-            raise CheckpointError(f"{self.directory / self.weight_map[key]}: tensor {key!r} has shape "
-                                  f"{list(shape)}, config.json implies {list(expected_shape)}")
-        self.dtype(key)
-        tensor = self._handle(key).get_tensor(key)
-        if finite and not all_finite(tensor):
-            raise CheckpointError(f"{self.directory / self.weight_map[key]}: tensor {key!r} holds NaN or "
-                                  "infinite values")
+        shape = self._checked_shape(key, expected_shape)
+        tensor = self._read(key, shape, getattr(torch, self.dtype(key)), 0, shape[0] if shape else 1)
+        if finite:
+            self._check_finite(key, tensor)
         return tensor
-
 
     def get_rows(self, key: str, expected_shape: tuple[int, ...], start: int, stop: int) -> torch.Tensor:
         """Rows `start:stop` of the tensor `key` (its first dimension), read from the file without the rest:
         what one process of a sharded run owns. Checked as `get` checks the whole tensor."""
+        shape = self._checked_shape(key, expected_shape)
+        start, stop = max(0, start), min(stop, shape[0])
+        tensor = self._read(key, shape, getattr(torch, self.dtype(key)), start, max(start, stop))
+        self._check_finite(key, tensor)
+        return tensor
+
+    def _checked_shape(self, key: str, expected_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = self.shape(key)
         if shape != tuple(expected_shape):
             raise CheckpointError(f"{self.directory / self.weight_map[key]}: tensor {key!r} has shape "
                                   f"{list(shape)}, config.json implies {list(expected_shape)}")
-        dtype = getattr(torch, self.dtype(key))
-        tensor = self._read_rows(key, shape, dtype, start, stop)
+        return shape
+
+    def _check_finite(self, key: str, tensor: torch.Tensor) -> None:
         if not all_finite(tensor):
             raise CheckpointError(f"{self.directory / self.weight_map[key]}: tensor {key!r} holds NaN or "
                                   "infinite values")
+
+    def _read(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, start: int, stop: int) -> torch.Tensor:
+        """Rows `start:stop` of tensor `key` (all of a 0-d tensor: rows 0:1), read with plain file reads at the
+        offsets the safetensors header gives, straight into the new tensor's memory. Not through the memory
+        map: a mapped page is faulted in 4 KB at a time (slower than the copy a read makes) and then counts
+        in this process's resident memory for as long as the map lives, the rest of the source's pages with it."""
+        file, header, data_start = self._data[self.weight_map[key]]
+        begin, _ = header[key]["data_offsets"]
+        row = math.prod(shape[1:]) * dtype.itemsize
+        # On the CPU whatever the default device: callers load into models built on the meta device.
+        tensor = torch.empty((stop - start, *shape[1:]) if shape else (), dtype=dtype, device="cpu")
+        if tensor.numel():
+            read_into(file, tensor, data_start + begin + start * row)
         return tensor
 
 
-    def _read_rows(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, start: int, stop: int) -> torch.Tensor:
-        """Rows read with plain file reads at the offsets the safetensors header gives, not through the
-        memory map: the pages of the rest of the file never enter this process's resident memory."""
-        path = self.directory / self.weight_map[key]
-        header, data_start = _header(path)
-        begin, _ = header[key]["data_offsets"]
-        row = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
-        start, stop = max(0, start), min(stop, shape[0])
-        if stop <= start:
-            return torch.empty((0, *shape[1:]), dtype=dtype)
-        with open(path, "rb") as f:
-            f.seek(data_start + begin + start * row)
-            data = bytearray(f.read((stop - start) * row))
-        return torch.frombuffer(data, dtype=dtype).reshape(stop - start, *shape[1:])
+def read_into(file: io.FileIO, tensor: torch.Tensor, offset: int) -> None:
+    """Fill the contiguous `tensor` with the file's bytes from `offset`, read into its memory (a short read
+    is continued; a file that ends first is an error)."""
+    view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    file.seek(offset)
+    done = 0
+    while done < len(view):
+        n = file.readinto(view[done:])
+        if not n:
+            raise CheckpointError(f"{file.name}: ends {len(view) - done} bytes before a tensor does")
+        done += n
 
 
-@functools.lru_cache(maxsize=64)
-def _header(path: Path) -> tuple[dict, int]:
-    """A safetensors file's header (tensor name -> dtype, shape, data offsets) and where its data begins."""
-    with open(path, "rb") as f:
-        size = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(size)), 8 + size
+def _header(file: io.FileIO) -> tuple[dict, int]:
+    """A safetensors file's header (tensor name -> dtype, shape, data offsets) and where its data begins
+    (`safe_open` has checked both)."""
+    file.seek(0)
+    size = struct.unpack("<Q", file.read(8))[0]
+    return json.loads(file.read(size)), 8 + size
 
 
 def all_finite(tensor: torch.Tensor, chunk: int = 2**24) -> bool:
-    """Whether every value is finite, checked in chunks (the mask of a whole large tensor would double it)."""
+    """Whether every value is finite. A sum is finite only if every term is, and one reduction costs a
+    fraction of the element-wise test, so the sum settles the common case; a sum that overflows (or a
+    tensor that does hold NaN) is then tested element by element, in chunks (the mask of a whole large
+    tensor would double it)."""
     flat = tensor.reshape(-1)
+    if not flat.is_floating_point() or bool(torch.isfinite(flat.sum())):
+        return True
     return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
@@ -265,13 +288,15 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
     """Write a Hugging Face checkpoint directory from tensors made one at a time.
 
     Each entry's tensor is made when its turn comes and dropped once written, so peak memory is the
-    largest tensor. Above `max_shard_size` the tensors go to `model-0000i-of-0000n.safetensors` files
+    largest tensor; entries of one key are made once and kept for their repeats (`lab.checkpoint.memo`,
+    within its budget). Above `max_shard_size` the tensors go to `model-0000i-of-0000n.safetensors` files
     with a `model.safetensors.index.json`. `extra_files` (tokenizer files) are copied along; `readme` is
     the model card (`lab.checkpoint.model_card`), written as README.md. All of it
     goes to a temporary sibling directory, renamed into place at the end: a failure leaves nothing.
     `progress` names a progress bar over the bytes written (None: no bar).
     """
     path = check_output_dir(path, overwrite)
+    entries = made_once(entries)
     shards = _plan_shards(entries, parse_size(max_shard_size))
     names = ([SINGLE_FILE] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
@@ -299,6 +324,14 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def made_once(entries: list[TensorEntry]) -> list[TensorEntry]:
+    """`entries`, those of one key sharing one made tensor, kept between its uses within the memo's budget
+    (the entries are made in order, across every shard)."""
+    keys = [("entry", i) if e.key is None else e.key for i, e in enumerate(entries)]
+    memo = RepeatMemo(keys, repeat_budget([e.nbytes for e in entries]))
+    return [dataclasses.replace(e, make=functools.partial(memo.get, i, e.make)) for i, e in enumerate(entries)]
 
 
 def _plan_shards(entries: list[TensorEntry], limit: int) -> list[list[TensorEntry]]:

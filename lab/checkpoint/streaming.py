@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable
 
 import torch
 
@@ -26,6 +26,9 @@ from lab.model import parameter_shapes
 # make(name, expert) -> tensor: `name` is a lab parameter name; `expert` is the expert index for the
 # stacked (E, ...) expert weights, whose experts are written as separate checkpoint tensors, else None.
 MakeTensor = Callable[[str, "int | None"], torch.Tensor]
+# key(name, expert) -> what that tensor depends on: tensors of equal keys are equal, so one is made and
+# written for each (`lab.checkpoint.memo`). A rule offers it as `make.key`; without it, every tensor is made.
+TensorKey = Callable[[str, "int | None"], Hashable]
 
 
 class CheckpointSource:
@@ -132,28 +135,33 @@ def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None 
 
 
 def lab_entries(cfg: ModelConfig, model_type: str, make: MakeTensor, dtype: torch.dtype, *,
-                expert_bias: bool = False) -> list[TensorEntry]:
+                expert_bias: bool = False, key: TensorKey | None = None) -> list[TensorEntry]:
     """The checkpoint tensors of config `cfg` under their Hugging Face names, each made by `make` when written.
 
     Shapes come from the config, so the whole layout (and the shard plan) is known before anything is
     made. `qwen2_moe` filler tensors (zeros) are added where the format needs them. With `expert_bias`,
     `make` gives the aux-free expert biases too (a trained model's state: `expert_bias_maps`); a derived
-    model (growth, upcycling) is written without them, which reads back as zero biases.
+    model (growth, upcycling) is written without them, which reads back as zero biases. `key` gives each
+    tensor its memo key (`TensorKey`); fillers of one shape share one.
     """
     shapes = parameter_shapes(cfg)
     entries = []
+
+    def entry(hf_name: str, shape: tuple[int, ...], name: str, expert: int | None) -> TensorEntry:
+        return TensorEntry(hf_name, shape, dtype, lambda: make(name, expert),
+                           None if key is None else ("made", key(name, expert)))
+
     for tmap in tensor_maps(cfg, model_type):
         shape = shapes[tmap.lab]
         if tmap.stacked:
-            entries += [TensorEntry(key, shape[1:], dtype, lambda n=tmap.lab, e=e: make(n, e))
-                        for e, key in enumerate(tmap.hf)]
+            entries += [entry(hf_name, shape[1:], tmap.lab, e) for e, hf_name in enumerate(tmap.hf)]
         else:
-            entries.append(TensorEntry(tmap.hf[0], shape, dtype, lambda n=tmap.lab: make(n, None)))
-    for key, shape in filler_tensors(cfg, model_type).items():
-        entries.append(TensorEntry(key, shape, dtype, lambda s=shape: torch.zeros(s, dtype=dtype)))
+            entries.append(entry(tmap.hf[0], shape, tmap.lab, None))
+    for hf_name, shape in filler_tensors(cfg, model_type).items():
+        entries.append(TensorEntry(hf_name, shape, dtype, lambda s=shape: torch.zeros(s, dtype=dtype),
+                                   ("zeros", shape)))
     if expert_bias:
-        entries += [TensorEntry(tmap.hf[0], (cfg.n_experts,), dtype, lambda n=tmap.lab: make(n, None))
-                    for tmap in expert_bias_maps(cfg, model_type)]
+        entries += [entry(tmap.hf[0], (cfg.n_experts,), tmap.lab, None) for tmap in expert_bias_maps(cfg, model_type)]
     return entries
 
 
@@ -165,15 +173,16 @@ def write_lab_checkpoint(path: str | os.PathLike, cfg: ModelConfig, make: MakeTe
     """Write a checkpoint of config `cfg` (dtype `cfg.dtype`) whose tensors `make` produces one at a time.
 
     `model_type` defaults to the one the config implies (`hf_model_type`); `readme` is its model card.
-    `expert_bias`: `make` gives the aux-free expert biases too (`lab_entries`). Atomic, as `write_checkpoint`.
+    `expert_bias`: `make` gives the aux-free expert biases too (`lab_entries`). A `make.key` (`TensorKey`)
+    lets repeated tensors be made once. Atomic, as `write_checkpoint`.
     """
     model_type = model_type or hf_model_type(cfg)
     dtype = getattr(torch, cfg.dtype)
 
     def make_cast(name: str, expert: int | None) -> torch.Tensor:
-        return make(name, expert).to(dtype).contiguous()
+        return make(name, expert).to(dtype).contiguous()  # once per made tensor: the memo keeps the cast one
 
-    entries = lab_entries(cfg, model_type, make_cast, dtype, expert_bias=expert_bias)
+    entries = lab_entries(cfg, model_type, make_cast, dtype, expert_bias=expert_bias, key=getattr(make, "key", None))
     return write_checkpoint(path, config_to_hf(cfg, model_type), entries,
                             max_shard_size=max_shard_size, overwrite=overwrite, extra_files=extra_files,
                             progress=progress, readme=readme)

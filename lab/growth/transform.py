@@ -29,6 +29,7 @@ intermediate size and head count, and identity depth, gives a model with the sou
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -95,10 +96,23 @@ class GrowthTensors:
         self.order = layer_order(plan.source.n_layers, plan.target.n_layers, plan.depth, plan.placement)
         self.zeroed = inserted_copies(self.order) if plan.depth == "identity" else set()
         self.aki = plan.method in ("aki", "aki-pro")
-        self.shapes = parameter_shapes(plan.target)
-        # The grown tensors of the last source layer asked for: interpolation asks for each one again at
-        # once (layers 0,0,1,1...), so a layer is grown once. Callers must not modify what they get.
-        self._layer_cache: tuple[int | None, dict[str, torch.Tensor]] = (None, {})
+
+    @functools.cached_property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The grown model's parameter shapes, for the zeroed blocks of identity depth (built only then: it
+        takes a model built on the meta device)."""
+        return parameter_shapes(self.plan.target)
+
+    def key(self, name: str, expert: int | None = None) -> tuple:
+        """What tensor `name` depends on: the source tensor it is grown from (and, for an inserted identity
+        block's residual writers, nothing: zeros). Depth growth repeats a source layer, so equal keys are
+        equal tensors; the writer makes each once (`lab.checkpoint.memo`)."""
+        if not name.startswith("layers."):
+            return ("grown", name)
+        _, t, rest = name.split(".", 2)
+        if int(t) in self.zeroed and rest in RESIDUAL_WRITERS:
+            return ("zeros", rest)
+        return ("grown", f"layers.{self.order[int(t)]}.{rest}")
 
     def __call__(self, name: str, expert: int | None = None) -> torch.Tensor:
         if expert is not None:
@@ -111,13 +125,7 @@ class GrowthTensors:
             # An inserted copy writes nothing into the residual stream: the block is an identity.
             dtype = self.read(f"layers.{layer}.attn_norm.weight").dtype
             return torch.zeros(self.shapes[name], dtype=dtype)
-        cached_layer, cache = self._layer_cache
-        if cached_layer != layer:
-            cache = {}
-            self._layer_cache = (layer, cache)
-        if rest not in cache:
-            cache[rest] = self._grow(rest, layer)
-        return cache[rest]
+        return self._grow(rest, layer)
 
     def _in_grown(self, source_name: str, rest: str) -> torch.Tensor:
         """The source tensor with every dimension but the AKI-able out-dimension grown."""

@@ -16,6 +16,7 @@ purpose), so a tensor's value does not depend on the order in which tensors are 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -66,7 +67,20 @@ class UpcycleTensors:
                  read: Callable[[str], torch.Tensor]):
         self.plan, self.source, self.target, self.read = plan, source, target, read
         self.scale = expert_down_scale(plan)
-        self._cached: tuple[str, torch.Tensor, float, float] | None = None
+        # The experts of a weight all read its dense weight (and Drop-Upcycling its statistics): each is
+        # read once for as long as the experts of one layer are made, in whatever order they are asked.
+        self._dense = functools.lru_cache(maxsize=len(DENSE_NAMES))(self._read_dense)
+        self._stats = functools.lru_cache(maxsize=len(DENSE_NAMES))(self._dense_stats)
+
+    def key(self, name: str, expert: int | None = None) -> tuple:
+        """What tensor `name` (of `expert`) depends on. Routed experts cut from the same shard of the dense
+        MLP are equal unless Drop-Upcycling or noise gives each its own draws; the writer makes each
+        distinct one once (`lab.checkpoint.memo`)."""
+        plan, parts = self.plan, name.split(".")
+        which = ".".join(parts[3:])
+        if expert is not None and which in DENSE_NAMES and plan.drop_ratio == 0 and plan.noise == 0:
+            return ("expert", int(parts[1]), which, routed_shard(expert, plan.granularity, plan.shared_experts))
+        return ("tensor", name, expert)
 
     def __call__(self, name: str, expert: int | None = None) -> torch.Tensor:
         parts = name.split(".")
@@ -79,7 +93,7 @@ class UpcycleTensors:
         if which == "shared_expert_gate.weight":
             return shared_expert_gate_weight(self.target.dim)
         if which in SHARED_NAMES:
-            dense, _, _ = self._dense(layer, SHARED_NAMES[which])
+            dense = self._dense(layer, SHARED_NAMES[which]).float()
             return shared_expert_weight(dense, SHARED_NAMES[which], self.plan.granularity, self.plan.shared_experts)
         if which not in DENSE_NAMES:
             return self.read(name)
@@ -87,20 +101,23 @@ class UpcycleTensors:
             return torch.stack([self.expert_weight(layer, which, e) for e in range(self.plan.n_experts)])
         return self.expert_weight(layer, which, expert)
 
-    def _dense(self, layer: int, which: str) -> tuple[torch.Tensor, float, float]:
-        """The dense weight in fp32 and its mean and std; the last one is kept, since the writer asks for
-        all experts of one weight in a row."""
-        name = f"layers.{layer}.mlp.{DENSE_NAMES[which]}.weight"
-        if self._cached is None or self._cached[0] != name:
-            dense = self.read(name).float()
-            self._cached = (name, dense, dense.mean().item(), dense.std().item())
-        return self._cached[1:]
+    def _read_dense(self, layer: int, which: str) -> torch.Tensor:
+        return self.read(f"layers.{layer}.mlp.{DENSE_NAMES[which]}.weight")
+
+    def _dense_stats(self, layer: int, which: str) -> tuple[float, float]:
+        """The mean and std of a dense weight (in fp32), what Drop-Upcycling and noise are scaled by."""
+        dense = self._dense(layer, which).float()
+        return dense.mean().item(), dense.std().item()
 
     def expert_weight(self, layer: int, which: str, expert: int) -> torch.Tensor:
         plan = self.plan
-        dense, mean, std = self._dense(layer, which)
         shard = routed_shard(expert, plan.granularity, plan.shared_experts)
-        weight = expert_slice(dense, which, shard, plan.granularity)
+        weight = expert_slice(self._dense(layer, which), which, shard, plan.granularity)
+        scaled = which == "w_down" and self.scale != 1.0
+        if plan.drop_ratio == 0 and plan.noise == 0 and not scaled:
+            return weight  # a slice of the dense weight in its own dtype: what the fp32 path gives, cast back
+        weight = weight.float()
+        mean, std = self._stats(layer, which)
         if plan.drop_ratio > 0:
             # The same units in gate, up and down: the generator for the indices ignores `which`.
             units = dropped_units(self.target.moe_ffn_dim, plan.drop_ratio,
@@ -110,6 +127,6 @@ class UpcycleTensors:
         if plan.noise > 0:
             noise = torch.randn(weight.shape, generator=seeded_generator(plan.seed, "noise", layer, expert, which))
             weight = weight + noise.to(weight.device) * (plan.noise * std)
-        if which == "w_down" and self.scale != 1.0:
+        if scaled:
             weight = weight * self.scale
         return weight
