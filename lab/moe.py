@@ -56,7 +56,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab import fast_linear
 from lab.config import ModelConfig
 from lab.mlp import MLP
 
@@ -158,14 +157,8 @@ def expert_kernel(x: torch.Tensor, w: torch.Tensor, kernel: str = "auto") -> str
     """The kernel `grouped_linear` runs for rows x and stacked weights w: "grouped_mm" or "loop".
 
     "auto" takes the grouped matmul where supported, else the loop; "grouped_mm" and "loop" force one.
-    On the CPU in fp32 the loop goes through oneDNN (`lab.fast_linear`), twice as fast as the grouped
-    matmul (MKL's) where the experts' products are large enough for it; there the loop's read of the
-    counts on the host costs nothing.
     """
     if kernel == "auto":
-        rows_per_expert = x[: max(x.shape[0] // max(w.shape[0], 1), 1)]  # the mean rows of one expert
-        if w.dim() == 3 and fast_linear.uses_onednn(rows_per_expert, w[0]):
-            return "loop"
         return "grouped_mm" if _grouped_mm_supported(x, w) else "loop"
     return kernel
 
@@ -186,7 +179,8 @@ def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, count
         offsets_E = torch.cumsum(counts_E, dim=0, dtype=torch.int32)
         return torch._grouped_mm(x_NI, w_EOI.transpose(-2, -1), offs=offsets_E)
     # The same computation as a loop over the contiguous slices of each expert (M rows for expert e).
-    return fast_linear.grouped_linear(x_NI, w_EOI, counts_E.tolist() if counts_list is None else counts_list)
+    chunks = x_NI.split(counts_E.tolist() if counts_list is None else counts_list)
+    return torch.cat([F.linear(chunk_MI, w_EOI[e]) for e, chunk_MI in enumerate(chunks)])
 
 
 def sort_by_expert(experts: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -253,9 +247,7 @@ def grouped_experts(x, weights, experts, w_gate, w_up, w_down, kernel: str = "au
     """
     x_ND = x
     order_NK, token_NK, counts_E = sort_by_expert(experts, w_gate.shape[0])
-    # Grouped by expert. index_select rather than x_ND[token_NK]: the same rows, and a backward (index_add)
-    # ten times faster on the CPU than indexing's (index_put with accumulation).
-    x_NKD = x_ND.index_select(0, token_NK)
+    x_NKD = x_ND[token_NK]  # grouped by expert
     y_NKD = expert_mlps(x_NKD, counts_E, w_gate, w_up, w_down, kernel)
     return combine(y_NKD, weights, order_NK, token_NK, x_ND)
 

@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 LAB = Path(__file__).resolve().parents[1] / "lab"
-CORE = {"config", "model", "moe", "expert_parallel", "mlp", "fast_linear", "causal_attention", "msg_masks", "growth", "upcycle", "checkpoint", "derive", "data", "train", "flops"}
+CORE = {"config", "model", "moe", "expert_parallel", "mlp", "msg_masks", "growth", "upcycle", "checkpoint", "derive", "data", "train", "flops"}
 APPLICATIONS = {"__main__", "cli", "commands", "dashboard", "teach", "plots", "experiments", "bench", "grading", "pipeline",
                 "notebooks", "planner"}
 
