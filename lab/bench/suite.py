@@ -48,7 +48,7 @@ def machine() -> dict:
 
 def benchmarks(threads: int, quick: bool, workdir: str | None) -> dict[str, Callable[[], dict]]:
     """The suite's benchmarks by name, each a call returning its JSON-able report."""
-    from lab.bench import dispatch, growth_speed, model_speed, training_speed, upcycle_speed
+    from lab.bench import dispatch, growth_speed, model_speed, sharded_load, training_speed, upcycle_speed
 
     def repeats(n: int) -> int:  # the quick mode runs everything once
         return 1 if quick else n
@@ -61,6 +61,7 @@ def benchmarks(threads: int, quick: bool, workdir: str | None) -> dict[str, Call
         "training": lambda: training_speed.run(threads=threads, quick=quick, workdir=workdir),
         "growth": lambda: growth_speed.run(threads=threads, quick=quick, workdir=workdir, repeats=repeats(3)),
         "upcycle": lambda: upcycle_speed.run(threads=threads, quick=quick, workdir=workdir, repeats=repeats(3)),
+        "sharded_load": lambda: sharded_load.run(quick=quick, workdir=workdir),
     }
 
 
@@ -200,6 +201,16 @@ def markdown(r: dict) -> str:
             lines.append(f"| {k} ({what}) | {x['source_params'] / 1e6:.0f}M → {x['output_params'] / 1e6:.0f}M | "
                          f"{x['output_bytes'] / 1e6:.0f} MB | {x['op_s']:.2f} s | {x['copy_s']:.2f} s | "
                          f"{x['op_over_copy']:.2f} | {x['peak_rss'] / 1e6:.0f} MB | {x['peak_over_output']:.2f} |")
+        lines.append("")
+    if "sharded_load" in r:
+        x = r["sharded_load"]
+        lines += [f"**Sharded loading under FSDP2** (`lab.train.setup`, a {x['parameters'] / 1e6:.0f}M-parameter "
+                  f"{x['checkpoint_dtype']} checkpoint, {x['nproc']} gloo processes, peak resident memory above "
+                  "the idle process):", "",
+                  "| rank | peak above idle | / model fp32 | floor (shard + largest tensor) / fp32 |",
+                  "|---:|---:|---:|---:|"]
+        lines += [f"| {p['rank']} | {p['peak_above_baseline'] / 2**20:.0f} MiB | **{p['ratio']:.3f}** | "
+                  f"{p['floor_ratio']:.3f} |" for p in x["processes"]]
         lines.append("")
     if "mfu" in r:
         lines += ["**GPU training MFU** (`python -m lab bench mfu`, median step after warm-up):", "",

@@ -34,6 +34,10 @@ from lab.json_input import read_json
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+# The most file bytes `SafetensorsReader.read_box_into` buffers at a time when it cannot read in place
+# (another dtype, or a box of some columns only): small against any model, large enough that the reads
+# stay few.
+READ_CHUNK_BYTES = 4 * 2**20
 
 
 def parse_size(size: int | str) -> int:
@@ -122,6 +126,42 @@ class SafetensorsReader:
         self._check_finite(key, tensor)
         return tensor
 
+    def read_box_into(self, key: str, expected_shape: tuple[int, ...], out: torch.Tensor, box: tuple[slice, ...],
+                      *, chunk_bytes: int = READ_CHUNK_BYTES) -> torch.Tensor:
+        """Fill `out` with `tensor(key)[box]` (`box`: one slice of step 1 per dimension, `out` of the box's
+        shape, any dtype), reading from the file only the rows `box[0]` spans. Checked as `get` checks the
+        whole tensor; returns `out`.
+
+        Invariant: at most `chunk_bytes` of the file's bytes (or one row, if larger) are held besides
+        `out` at any time, so a process filling its shard of a model needs memory for that shard and
+        one chunk, never for a whole tensor. When the box covers whole rows of a tensor stored in
+        `out`'s dtype, the bytes are read straight into `out` with no buffer at all."""
+        shape = self._checked_shape(key, expected_shape)
+        if len(box) != len(shape) or out.shape != tuple(len(range(n)[s]) for s, n in zip(box, shape)):
+            raise ValueError(f"{key}: box {box} of shape {list(shape)} does not match out {list(out.shape)}")
+        if not shape:
+            out.copy_(self.get(key, shape))
+            return out
+        dtype = getattr(torch, self.dtype(key))
+        rows, rest = range(shape[0])[box[0]], box[1:]
+        if rows.step != 1:
+            raise ValueError(f"{key}: a box's slices must have step 1, got {box[0]}")
+        whole_rows = all(range(n)[s] == range(n) for s, n in zip(rest, shape[1:]))
+        if whole_rows and out.dtype == dtype and out.is_contiguous() and out.device.type == "cpu":
+            if out.numel():
+                read_into(self._data[self.weight_map[key]][0], out, self._offset(key, shape, dtype, rows.start))
+        else:
+            row = max(1, math.prod(shape[1:]) * dtype.itemsize)
+            step = max(1, chunk_bytes // row)
+            for first in range(rows.start, rows.stop, step):
+                last = min(first + step, rows.stop)
+                chunk = self._read(key, shape, dtype, first, last)
+                # copy_ converts the dtype in place: no second buffer of `out`'s dtype.
+                out[first - rows.start:last - rows.start].copy_(chunk[(slice(None), *rest)])
+                del chunk  # freed before the next chunk is read: one chunk alive at a time
+        self._check_finite(key, out)
+        return out
+
     def _checked_shape(self, key: str, expected_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = self.shape(key)
         if shape != tuple(expected_shape):
@@ -139,14 +179,17 @@ class SafetensorsReader:
         offsets the safetensors header gives, straight into the new tensor's memory. Not through the memory
         map: a mapped page is faulted in 4 KB at a time (slower than the copy a read makes) and then counts
         in this process's resident memory for as long as the map lives, the rest of the source's pages with it."""
-        file, header, data_start = self._data[self.weight_map[key]]
-        begin, _ = header[key]["data_offsets"]
-        row = math.prod(shape[1:]) * dtype.itemsize
         # On the CPU whatever the default device: callers load into models built on the meta device.
         tensor = torch.empty((stop - start, *shape[1:]) if shape else (), dtype=dtype, device="cpu")
         if tensor.numel():
-            read_into(file, tensor, data_start + begin + start * row)
+            read_into(self._data[self.weight_map[key]][0], tensor, self._offset(key, shape, dtype, start))
         return tensor
+
+    def _offset(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, row: int) -> int:
+        """Where row `row` of tensor `key` begins in its file."""
+        _, header, data_start = self._data[self.weight_map[key]]
+        begin, _ = header[key]["data_offsets"]
+        return data_start + begin + row * math.prod(shape[1:]) * dtype.itemsize
 
 
 def read_into(file: io.FileIO, tensor: torch.Tensor, offset: int) -> None:

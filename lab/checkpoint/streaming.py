@@ -74,6 +74,23 @@ class CheckpointSource:
         experts = [self._reader.get(tmap.hf[e], shape[1:]) for e in range(start, min(stop, shape[0]))]
         return torch.stack(experts) if experts else torch.empty((0, *shape[1:]), dtype=self.dtype)
 
+    def read_into(self, name: str, out: torch.Tensor, box: tuple[slice, ...] | None = None) -> torch.Tensor:
+        """Fill `out` with `tensor(name)[box]` (default: the whole tensor), converted to `out`'s dtype, reading
+        only the rows the box spans (a stacked expert weight's rows are experts, one file tensor each);
+        returns `out`. What a process of a sharded run loads its piece of a parameter with
+        (lab.train.setup.load_shards). Invariant: besides `out`, at most one read chunk is held
+        (`SafetensorsReader.read_box_into`): never the whole tensor, nor a second copy of the piece."""
+        tmap, shape = self._lookup(name)
+        box = tuple(slice(0, n) for n in shape) if box is None else tuple(box)
+        if not tmap.stacked:
+            return self._reader.read_box_into(tmap.hf[0], shape, out, box)
+        experts = range(shape[0])[box[0]]
+        if out.shape[0] != len(experts):
+            raise ValueError(f"{name}: box {box} of shape {list(shape)} does not match out {list(out.shape)}")
+        for i, e in enumerate(experts):
+            self._reader.read_box_into(tmap.hf[e], shape[1:], out[i], box[1:])
+        return out
+
     def unused_keys(self) -> list[str]:
         """The checkpoint's tensors the lab's model does not read (a warning's matter, not an error)."""
         known = {key for tmap in (*self._maps.values(), *self._bias_maps.values()) for key in tmap.hf}

@@ -63,6 +63,14 @@ def run_training(args: argparse.Namespace) -> None:
     _write_json(report, args.json)
 
 
+def run_sharded_load(args: argparse.Namespace) -> None:
+    from lab.bench import sharded_load
+
+    report = sharded_load.run(quick=args.quick, dtype=args.dtype, nproc=args.nproc, workdir=args.workdir)
+    print(sharded_load.format_report(report))
+    _write_json(report, args.json)
+
+
 def run_all(args: argparse.Namespace) -> None:
     from lab.bench import suite
 
@@ -160,10 +168,24 @@ def add_parser(subparsers) -> None:
     _common(t, workdir=True)
     t.set_defaults(func=run_training)
 
+    s = benchmarks.add_parser("sharded-load",
+                              help="peak memory of each FSDP2 process loading a ~154M checkpoint (torchrun, gloo)",
+                              description="Write a ~154M-parameter checkpoint, load it as a training stage does in "
+                                          "N torchrun processes (gloo), and report each process's idle baseline, "
+                                          "peak above it, and that peak over the model's fp32 size.")
+    s.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="the checkpoint's dtype (default float32: what a training stage saves)")
+    s.add_argument("--nproc", type=positive_int, default=2, help="processes (default 2)")
+    s.add_argument("--quick", action="store_true", help="a toy model: checks that it runs, measures nothing")
+    s.add_argument("--workdir", help="where the temporary checkpoint goes (default: the system's temp directory)")
+    s.add_argument("--json", help="also write the report to this JSON file")
+    s.set_defaults(func=run_sharded_load)
+
     a = benchmarks.add_parser("all", aliases=["suite"],
                               help="every benchmark; writes OUT/results.json and OUT/results.md")
     a.add_argument("--out", default="bench", help="the results' directory (default: bench)")
-    a.add_argument("--only", nargs="+", choices=("matmul_peak", "model", "dispatch", "training", "growth", "upcycle"),
+    a.add_argument("--only", nargs="+",
+                   choices=("matmul_peak", "model", "dispatch", "training", "growth", "upcycle", "sharded_load"),
                    help="run only these benchmarks")
     a.add_argument("--threads", type=positive_int, default=2)
     a.add_argument("--quick", action="store_true", help="toy shapes, one repeat: checks that it runs, measures nothing")

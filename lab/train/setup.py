@@ -237,18 +237,21 @@ def load_shards(model: DecoderLM, path: Path, device: torch.device) -> DecoderLM
     """Give a model sharded on the meta device (FSDP2, DTensor parameters) the weights of the checkpoint
     `path`: each process reads from the safetensors files only the rows that hold its piece (`local_box`),
     so its memory holds its shard, never the whole model. The same values as `load_pretrained` followed by
-    sharding (tested by runs resumed on another number of processes)."""
+    sharding (tested by runs resumed on another number of processes).
+
+    Invariant: the only memory this allocates is the shard itself (`to_empty`) and one bounded read chunk
+    at a time: each piece is read in place into the parameter's local tensor, converted chunk by chunk
+    when the checkpoint stores another dtype (`CheckpointSource.read_into`), so the peak stays near the
+    shard whatever the largest tensor (`python -m lab bench sharded-load` measures it)."""
     from torch.distributed.tensor import DTensor
 
     model.to_empty(device=device)
     with CheckpointSource(path) as source, torch.no_grad():
         for name, p in model.named_parameters():
             if isinstance(p, DTensor):
-                rows, *rest = local_box(p)
-                piece = source.rows(name, rows.start, rows.stop)[(slice(None), *rest)]
-                p.to_local().copy_(piece.to(dtype=p.dtype))
+                source.read_into(name, p.to_local(), local_box(p))
             else:
-                p.copy_(source.tensor(name).to(dtype=p.dtype))
+                source.read_into(name, p)
         # The aux-free expert biases are buffers, replicated on every process (lab.moe): read whole.
         for name, bias in source.expert_biases().items():
             model.get_buffer(name).copy_(bias)
