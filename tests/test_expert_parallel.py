@@ -181,6 +181,16 @@ def test_each_process_holds_only_its_slice_of_the_experts():
         assert diffs["loss_diff"] < 1e-5 and diffs["grad_diff"] < 1e-6 and diffs["norm_diff"] < 1e-5, (layout, diffs)
 
 
+
+@pytest.mark.slow
+def test_experts_sharded_inside_hsdp_shard_groups_on_eight_processes():
+    """8 processes, HSDP shard groups of 4 holding EP 2: each EP rank's 4 experts split over the 2
+    processes of its shard group that hold them, and the whole layout replicated across the 2 groups
+    (the planner's layout for many nodes, the one the 4-process test cannot reach). One forward and
+    backward equals the unsharded model's on the whole batch."""
+    for layout, diffs in run_layouts("2:4:8", nproc=8).items():
+        assert diffs["loss_diff"] < 1e-5 and diffs["grad_diff"] < 1e-6 and diffs["norm_diff"] < 1e-5, (layout, diffs)
+
 @pytest.mark.slow
 def test_experts_sharded_over_data_parallel_train_as_one_process(tmp_path):
     """EP 2 on 4 processes (experts sharded over the 2 processes holding the same ones) trains steps 1-3 and
