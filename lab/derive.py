@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from lab.checkpoint.heap import reuse_freed_memory
+from lab.heap import reuse_freed_memory
 from lab.checkpoint.hf_config import INSERTED_LAYERS, hf_model_type
 from lab.checkpoint.io import check_output_dir
 from lab.checkpoint.memo import RepeatMemo

@@ -36,6 +36,7 @@ from lab.train.schedule import learning_rate
 from lab.train.setup import base_config, build_model, check_run_dir, load_data, make_optimizer, place_model
 from lab.train.sharded_checkpoint import ShardWriter
 from lab.train.lock import RunLock
+from lab.heap import keep_freed_memory
 from lab.train.signals import StopFlag, TrainingStopped
 from lab.train.step import train_step
 from lab.train.trainable import freeze_all_but, trained_layers, trained_parameters
@@ -61,6 +62,7 @@ def train(recipe, out_dir, *, max_steps: int | None = None, resume: bool = False
     # run: torch cannot join a group again once it has left it.
     callers = torch.distributed.is_available() and torch.distributed.is_initialized()
     info = distributed.setup(recipe.hardware.device)
+    keep_freed_memory()  # each step's large tensors from freed memory, not fresh pages (lab.heap)
     try:
         return _Run(recipe, Path(out_dir), info, stop_at, resume, progress).run()
     finally:
