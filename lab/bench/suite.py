@@ -154,11 +154,16 @@ def markdown(r: dict) -> str:
         x = r["model"]
         lines += [f"**Forward+backward against transformers** (fp32, {x['tokens']} tokens, "
                   f"median of {x['repeats']}):", "",
-                  "| case | lab ms | transformers' best | its ms | lab / best |", "|---|---:|---|---:|---:|"]
+                  "| case | lab ms | transformers' best | its ms | lab / best | floor ms | lab / floor |",
+                  "|---|---:|---|---:|---:|---:|---:|"]
         for case, c in x["cases"].items():
             ms = {t["candidate"]: t["median_ms"] for t in c["timings"]}
+            floor = (f"{c['floor_ms']:.1f} | {c['over_floor']:.2f}" if "floor_ms" in c else "- | -")
             lines.append(f"| {'MoE (Mixtral)' if case == 'moe' else 'dense (Qwen2)'} | {ms['lab']:.1f} | "
-                         f"{c['reference']} | {ms[c['reference']]:.1f} | **{c['ratio']:.3f}** |")
+                         f"{c['reference']} | {ms[c['reference']]:.1f} | **{c['ratio']:.3f}** | {floor} |")
+        if "matmul_path" in x:
+            lines += ["", f"Floor: the step's FLOPs at the measured fp32 matmul peak of the lab's path "
+                          f"({x['matmul_path']}, {x['matmul_peak_flops'] / 1e9:.0f} GFLOP/s)."]
         others = [f"{t['candidate']} {t['median_ms']:.1f} ms" for c in x["cases"].values() for t in c["timings"]
                   if t["candidate"] not in ("lab", c["reference"])]
         dropped = [f"{n} (warm-up {v:.0f} ms)" for c in x["cases"].values() for n, v in c["dropped_warmup_ms"].items()]
