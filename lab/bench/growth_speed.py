@@ -18,7 +18,7 @@ QUICK_GROWTH = dict(dim=128, n_layers=4, n_heads=8, ffn_dim=256)
 __all__ = ["run", "format_report", "write_random_source"]
 
 
-def run(repeats: int = 3, threads: int = 2, quick: bool = False, workdir: str | None = None) -> dict:
+def run(repeats: int = 5, threads: int = 2, quick: bool = False, workdir: str | None = None) -> dict:
     """Grow and copy `repeats` times in turns; returns a JSON-able report (medians, and the peak memory)."""
     source_sizes, request = (QUICK_SOURCE, QUICK_GROWTH) if quick else (SOURCE, GROWTH)
     request = {**request, "method": "fpi", "depth": "interpolate"}

@@ -4,7 +4,12 @@ The operation runs in a child process that reports its own wall time (the operat
 torch's own imports on building the first model, come before the clock) and its peak resident memory
 (VmHWM on Linux, else `ru_maxrss`; and the same after imports as a baseline). The reference is a copy of
 the written safetensors files (`shutil.copyfile`), the same number of bytes, timed in turns with the
-operation in the same run; medians over the repeats. Both start after `os.sync()`, so neither waits on
+operation in the same run and in the same kind of child, after the same start-up; medians over the repeats.
+Each timed child also starts just after as many bytes as it writes were deleted. On a virtual machine that
+gives freed memory back to its host within seconds, writing 1.5 GB into the page cache took 0.4 s right
+after a deletion and 1.5 s five seconds later (`cp` of the growth output, measured), and up to 4 s when
+no memory had been freed; copies and conversions timed in different states measured anywhere from 0.16x
+to 2.5x of each other. Both start after `os.sync()`, so neither waits on
 pages an earlier run left for the disk.
 
 The source is read with plain file reads, so only the tensors alive at a time count in the peak, not
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-# The child: grow or upcycle, and report seconds and peak memory as one JSON line.
+# The child: grow, upcycle or copy, and report seconds and peak memory as one JSON line.
 _CHILD = """
 import json, os, resource, sys, time
 import torch
@@ -49,6 +54,11 @@ torch.set_num_threads(threads)
 if op == "grow":
     plan = plan_growth(read_config(src)[0], **request)
     run = lambda: grow_checkpoint(src, out, plan)
+elif op == "copy":  # the reference: the operation's output files, copied after the same start-up
+    import shutil
+    os.makedirs(out)
+    files = sorted(name for name in os.listdir(src) if name.endswith(".safetensors"))
+    run = lambda: [shutil.copyfile(os.path.join(src, name), os.path.join(out, name)) for name in files]
 else:
     plan = UpcyclePlan(**request)
     run = lambda: upcycle_checkpoint(src, out, plan)
@@ -110,19 +120,19 @@ def measure(op: str, source_sizes: dict, request: dict, repeats: int = 3, thread
         tmp = Path(tmp)
         source_params = write_random_source(tmp / "src", source_sizes)
         runs, copies = [], []
-        for i in range(repeats):
+        # Each timed child starts just after as many bytes as it will write were deleted (see the module's
+        # docstring): the operation after the previous copy, the copy after the previous output. The first
+        # turn only prepares that state and is not counted.
+        for i in range(repeats + 1):
             out = tmp / f"out{i}"
-            runs.append(_in_child(op, tmp / "src", out, request, threads))
+            shutil.rmtree(tmp / f"copy{i - 1}", ignore_errors=True)
+            run = _in_child(op, tmp / "src", out, request, threads)
+            shutil.rmtree(tmp / f"out{i - 1}", ignore_errors=True)
+            copy = _in_child("copy", out, tmp / f"copy{i}", {}, threads)
+            if i:
+                runs.append(run)
+                copies.append(copy["seconds"])
             written = output_bytes(out)
-            os.sync()  # the operation's pages written out first, so the copy does not wait on them
-            start = time.perf_counter()
-            for f in sorted(out.glob("*.safetensors")):
-                shutil.copyfile(f, tmp / f"copy-{f.name}")
-            copies.append(time.perf_counter() - start)
-            for f in tmp.glob("copy-*"):
-                f.unlink()
-            if i < repeats - 1:
-                shutil.rmtree(out)
         from lab.checkpoint import read_config
         from lab.model import DecoderLM
 

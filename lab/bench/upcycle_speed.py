@@ -13,7 +13,7 @@ from lab.bench.stream_speed import format_lines, measure
 UPCYCLE = dict(n_experts=8, top_k=2)
 
 
-def run(repeats: int = 3, threads: int = 2, quick: bool = False, workdir: str | None = None) -> dict:
+def run(repeats: int = 5, threads: int = 2, quick: bool = False, workdir: str | None = None) -> dict:
     """Upcycle and copy `repeats` times in turns; returns a JSON-able report (medians, and the peak memory)."""
     return measure("upcycle", QUICK_SOURCE if quick else SOURCE, UPCYCLE, repeats, threads, workdir)
 

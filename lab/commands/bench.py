@@ -146,13 +146,13 @@ def add_parser(subparsers) -> None:
 
     g = benchmarks.add_parser("growth",
                               help="streaming growth of a ~120M bf16 checkpoint to ~770M vs copying its bytes")
-    g.add_argument("--repeats", type=positive_int, default=3)
+    g.add_argument("--repeats", type=positive_int, default=5)
     _common(g, workdir=True)
     g.set_defaults(func=run_growth)
 
     u = benchmarks.add_parser("upcycle",
                               help="streaming upcycling of a ~120M bf16 checkpoint to 8 experts vs copying its bytes")
-    u.add_argument("--repeats", type=positive_int, default=3)
+    u.add_argument("--repeats", type=positive_int, default=5)
     _common(u, workdir=True)
     u.set_defaults(func=run_upcycle)
 
