@@ -381,7 +381,7 @@ symmetry.style.format({"no exact copy, start": "{:.0f}", "no exact copy, end": "
 # * **Loss.** In the fast run (`LAB_FAST=1`: 40 steps, the ramp over 20) the validation loss of MSG stays within
 #   about 0.015 of FPI's while $c$ ramps up; both go up at step 20, FPI included, so that rise is not the mask's
 #   doing; MSG ends at 5.803 and FPI at 5.823. In the full run (150 steps, the ramp over 75) MSG is below FPI
-#   at every evaluation after step 0, by 0.05 to 0.09, and ends at 4.753 against 4.846.
+#   at every evaluation after step 0, by 0.05 to 0.09, and ends at 4.758 against 4.848.
 #
 # Those gaps come from one seed and short runs of 4 or 8 sequences per step: a demonstration of the mechanism,
 # not a measurement of which growth trains better. The seeded experiment `msg` measures that: the shipped
