@@ -13,7 +13,8 @@ other devices and dtypes, autocast (which casts inside F.linear), torch.compile 
 a PyTorch without oneDNN or with it turned off (`torch.backends.mkldnn.flags(enabled=False)`), and
 products under `MIN_MACS_PER_THREAD` multiply-adds per intra-op thread, where oneDNN's per-call overhead
 costs more than it saves (so the tests' tiny models, and their golden losses, keep F.linear's numbers).
-`enabled(False)` turns the fast path off inside a block. The LM head is not routed here (`lab.model`).
+`enabled(False)` turns the fast path off inside a block. The LM head has its own, higher gate
+(`LM_HEAD_MIN_MACS_PER_THREAD`).
 
 The experts' loop pads each expert's rows to a multiple of `ROW_BUCKET` (`bucketed`): with row counts
 that change every step, oneDNN would otherwise build a new primitive for most calls of a training step.
@@ -33,6 +34,11 @@ from torch import nn
 # alternating runs: on one thread 0.77x at 2^22 (2.5x slower at 2^18); on two threads 1.00-1.14x at
 # 2^22, 0.89x at 2^23 and 2^24, 0.55-0.70x from 2^25 (the tiny recipes' projections are 2^24-2^26).
 MIN_MACS_PER_THREAD = 1 << 22
+# The LM head's gate, higher: from 2^25 per thread oneDNN took 0.55-0.70x F.linear's time (above), while
+# between 2^22 and 2^25 it gained about a tenth or lost, and the LM head's input gradient, a sum over the whole
+# vocabulary, rounds visibly differently (the golden losses of tests/golden_losses.json, 2^24 multiply-adds
+# on one thread, moved beyond their 1e-6). So the LM head takes oneDNN only where the gain is large.
+LM_HEAD_MIN_MACS_PER_THREAD = 1 << 25
 # The same for the experts' loop (`grouped_linear`, `bucketed`), per group of the mean size (rows / E x
 # in x out), against the grouped matmul (MKL's), the SwiGLU experts forward and backward with row counts
 # that change from step to step: on one thread 1.08x at 2^21, 0.89x at 2^22, 0.77x at 2^23.5; on two
@@ -100,13 +106,13 @@ def onednn_ready(*tensors: torch.Tensor) -> bool:
     return not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
 
 
-def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor, min_macs_per_thread: int = MIN_MACS_PER_THREAD) -> bool:
     """Whether `linear(x, weight)` takes the oneDNN path: `onednn_ready`, and at least
-    MIN_MACS_PER_THREAD multiply-adds per intra-op thread."""
+    `min_macs_per_thread` multiply-adds per intra-op thread."""
     if x.dim() < 2 or weight.dim() != 2 or not onednn_ready(x, weight):
         return False
     rows = x.numel() // max(x.shape[-1], 1)
-    return rows * weight.shape[0] * weight.shape[1] >= MIN_MACS_PER_THREAD * torch.get_num_threads()
+    return rows * weight.shape[0] * weight.shape[1] >= min_macs_per_thread * torch.get_num_threads()
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -207,9 +213,10 @@ def bucketed(sizes: list[int], device: torch.device | str = "cpu") -> tuple[list
     return padded, positions.to(device)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           min_macs_per_thread: int = MIN_MACS_PER_THREAD) -> torch.Tensor:
     """F.linear(x, weight, bias), through oneDNN where `uses_onednn` says so."""
-    if uses_onednn(x, weight) and (bias is None or onednn_ready(bias)):
+    if uses_onednn(x, weight, min_macs_per_thread) and (bias is None or onednn_ready(bias)):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 

@@ -299,19 +299,19 @@ pd.DataFrame({name: balance_summary(recs) for name, recs in balance_records.item
     "{:.4f}", na_rep="— (no bias)")
 
 # %% [markdown]
-# All three start from the same model, so at the same load CV on the first step (0.47 in the full run, 0.82 in
+# All three start from the same model, so at the same load CV on the first step (0.49 in the full run, 0.82 in
 # the fast run, `LAB_FAST=1`, whose first batch is smaller). Read the table: summed over the last quarter of the steps, the aux-free router's load has a CV
-# of 0.34, against 1.06 with the load-balancing loss and 0.99 with nothing (fast run, 40 steps; the full run's
-# 150 steps give 0.10 against 1.12 and 1.12). The bias did what the loss at the paper's 0.001 did not begin to
-# do: `aux_loss` and `none` are hardly apart, that coefficient being too weak to matter here (section 3). Step
+# of 0.27, against 1.01 with the load-balancing loss and 1.00 with nothing (fast run, 40 steps; the full run's
+# 150 steps give 0.07 against 1.04 and 1.16). The bias did what the loss at the paper's 0.001 did not begin to
+# do: `aux_loss` ends as uneven as `none`, or nearly, that coefficient being too weak to matter here (section 3). Step
 # by step the picture is noisier (the top panel: one batch of a few hundred tokens × top-2 per step). The bias
 # moves by a fixed $\gamma$ each step in the direction the last batch asked for, so the load moves from expert
 # to expert rather than settling, and the balance shows in the counts summed over steps more than in any single
-# step. At the end the largest bias is 0.030 in the fast run and 0.023 in the full one, a quarter or less of
+# step. At the end the largest bias is 0.026 in the fast run and 0.032 in the full one, about a quarter of
 # the uniform probability 1/8 it is added to.
 #
 # The price in this run: none that shows. The LM loss over the last quarter and the validation loss at the
-# end differ between the three by 0.003 or less in the fast run (0.007 at most in the full one). This is one
+# end differ between the three by 0.002 or less in the fast run (0.004 at most in the full one). This is one
 # seed and a few dozen steps of a 2-layer model, a demonstration of the mechanism rather than a comparison of
 # the methods: Wang et al. report better balance *and* a lower perplexity than the auxiliary loss for 1B and 3B
 # models trained on 100B and 200B tokens, and this run neither supports nor contradicts the second half of
@@ -403,8 +403,8 @@ pd.DataFrame({name: shared_exactness(plan) for name, plan in shared_variants.ite
 # difference of 0 over every token of both layers), with the near-uniform router and with one 50 times wider:
 # it does not involve the router at all. The whole layer equals the dense MLP to about 1e-6 and the logits to
 # about 1e-5, float32 rounding of two sums where there was one, as for plain upcycling in section 1. With
-# softmax-then-top-k the shared part is still bit-exact, but the routed part is not (a layer difference of 0.45
-# and a logit gap of 0.96 in the full run, 0.52 and 0.59 in the fast run): the chosen probabilities do not sum to what the weight scaling
+# softmax-then-top-k the shared part is still bit-exact, but the routed part is not (a layer difference of 0.43
+# and a logit gap of 0.92 in the full run, 0.51 and 0.59 in the fast run): the chosen probabilities do not sum to what the weight scaling
 # assumes, section 1's inexact row again. The upcycled model has 644,672 parameters against 952,000 for eight
 # full copies (section 1), since its seven experts are a quarter of the MLP each.
 

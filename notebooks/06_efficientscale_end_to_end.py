@@ -141,7 +141,7 @@ display(budget_controls)
 # tokens on a smaller model. Run in full it does here (the table's last column). Over seeds 0, 1 and 2 it
 # did every time, by 0.20 to 0.27 (the instructors' solutions give the numbers, measured on an earlier version
 # of the lab: its CPU linears now run through oneDNN, whose different rounding moves these losses in the second
-# decimal; seed 0 ends at 4.773 against 5.041 there, at 4.746 against 5.051 in a full run now, and with
+# decimal; seed 0 ends at 4.773 against 5.041 there, at 4.733 against 5.042 in a full run now, and with
 # `lab.fast_linear` turned off its pipeline ends at 4.773 again); the fast run's steps are too few to say.
 # The reference run below trains much longer.
 #

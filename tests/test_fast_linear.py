@@ -129,6 +129,22 @@ def test_gates_scale_with_the_threads():
     assert not fast_linear.grouped_uses_onednn(torch.randn(2048, 128), torch.randn(8, 176, 128))
 
 
+def test_the_lm_head_keeps_f_linear_below_its_own_gate():
+    """The LM head's gate (2^25 per thread) is above the other linears' (2^22): the golden losses' LM head
+    (128 tokens x 32 x 4096 = 2^24 on one thread) stays on F.linear, bit for bit, where a projection of
+    that size would take oneDNN; the model benchmark's (2048 x 256 x 4096 on two threads) does not."""
+    torch.set_num_threads(1)  # restored by the fixture
+    x, w = torch.randn(4, 32, 32), torch.randn(4096, 32)
+    assert fast_linear.uses_onednn(x, w) == (fast_linear._OP is not None)
+    assert not fast_linear.uses_onednn(x, w, fast_linear.LM_HEAD_MIN_MACS_PER_THREAD)
+    torch.testing.assert_close(fast_linear.linear(x, w, min_macs_per_thread=fast_linear.LM_HEAD_MIN_MACS_PER_THREAD),
+                               F.linear(x, w), rtol=0, atol=0)
+    torch.set_num_threads(2)
+    big = torch.randn(1, 2048, 256)
+    assert fast_linear.uses_onednn(big, torch.randn(4096, 256), fast_linear.LM_HEAD_MIN_MACS_PER_THREAD) == (
+        fast_linear._OP is not None)
+
+
 def test_bucketed_pads_each_group_to_the_bucket():
     sizes = [3, 0, 33, 32, 1]
     padded, positions = fast_linear.bucketed(sizes)

@@ -162,16 +162,21 @@ def markdown(r: dict) -> str:
         x = r["model"]
         lines += [f"**Forward+backward against transformers** (fp32, {x['tokens']} tokens, "
                   f"median of {x['repeats']}):", "",
-                  "| case | lab ms | transformers' best | its ms | lab / best | floor ms | lab / floor |",
-                  "|---|---:|---|---:|---:|---:|---:|"]
+                  "| case | lab ms | transformers' best | its ms | lab / best | fastest repeats | floor ms | "
+                  "lab / floor |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|"]
         for case, c in x["cases"].items():
             ms = {t["candidate"]: t["median_ms"] for t in c["timings"]}
             floor = (f"{c['floor_ms']:.1f} | {c['over_floor']:.2f}" if "floor_ms" in c else "- | -")
+            fastest = f"{c['ratio_of_fastest']:.3f}" if "ratio_of_fastest" in c else "-"
             lines.append(f"| {'MoE (Mixtral)' if case == 'moe' else 'dense (Qwen2)'} | {ms['lab']:.1f} | "
-                         f"{c['reference']} | {ms[c['reference']]:.1f} | **{c['ratio']:.3f}** | {floor} |")
+                         f"{c['reference']} | {ms[c['reference']]:.1f} | **{c['ratio']:.3f}** | {fastest} | "
+                         f"{floor} |")
         if "matmul_path" in x:
             lines += ["", f"Floor: the step's FLOPs at the measured fp32 matmul peak of the lab's path "
-                          f"({x['matmul_path']}, {x['matmul_peak_flops'] / 1e9:.0f} GFLOP/s)."]
+                          f"({x['matmul_path']}, {x['matmul_peak_flops'] / 1e9:.0f} GFLOP/s). Fastest repeats: "
+                          "the lab's fastest repeat over the fastest repeat of any transformers candidate (on a "
+                          "shared machine the medians move with its load)."]
         others = [f"{t['candidate']} {t['median_ms']:.1f} ms" for c in x["cases"].values() for t in c["timings"]
                   if t["candidate"] not in ("lab", c["reference"])]
         dropped = [f"{n} (warm-up {v:.0f} ms)" for c in x["cases"].values() for n, v in c["dropped_warmup_ms"].items()]

@@ -1,6 +1,6 @@
 """Training throughput of the tiny recipes: tokens per second of `lab.train.train` itself.
 
-Each recipe runs for a few steps in a temporary directory with evaluation, samples and periodic
+Each recipe runs for a few steps, in a process of its own, in a temporary directory with evaluation, samples and periodic
 checkpoints off (the last step still evaluates and saves, outside the timed windows), logging every
 `window` steps. The train records' `tokens_per_s` cover the optimizer steps only; the first window
 holds the warm-up and is dropped, the median of the others is reported. The recipes run one after
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -56,12 +58,33 @@ def _parameters(cfg) -> int:
         return DecoderLM(cfg).num_parameters()
 
 
-def run(steps: int = 40, window: int = 10, threads: int = 2, quick: bool = False, workdir: str | None = None) -> dict:
-    """Both tiny recipes; a JSON-able report of their training tokens/s."""
-    torch.set_num_threads(threads)
+# Each recipe trains in a process of its own, as `python -m lab train` would: in the process of `make bench`,
+# after the model benchmark (transformers' models, their allocations, oneDNN's cache of their shapes), the
+# tiny recipe measured 11.5-18k tokens/s, falling window after window, against 19-22k in a fresh process.
+_CHILD = """
+import json, sys, torch
+from lab.bench.training_speed import measure
+recipe, steps, window, workdir, quick, threads = json.loads(sys.argv[1])
+torch.set_num_threads(threads)
+print(json.dumps(measure(recipe, steps, window, workdir, quick)))
+"""
+
+
+def measure_in_child(recipe_path: str, steps: int, window: int, workdir: str | None, quick: bool,
+                     threads: int) -> dict:
+    """`measure` in a fresh Python process with `threads` intra-op threads."""
+    args = json.dumps([recipe_path, steps, window, workdir, quick, threads])
+    done = subprocess.run([sys.executable, "-c", _CHILD, args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"training {recipe_path} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(steps: int = 80, window: int = 10, threads: int = 2, quick: bool = False, workdir: str | None = None) -> dict:
+    """Both tiny recipes, each in its own process; a JSON-able report of their training tokens/s."""
     if quick:
         steps, window = 4, 2
-    results = [measure(r, steps, window, workdir, quick) for r in RECIPES]
+    results = [measure_in_child(r, steps, window, workdir, quick, threads) for r in RECIPES]
     return {"threads": threads, "torch": torch.__version__, "precision": "fp32", "recipes": results}
 
 

@@ -163,7 +163,7 @@ def add_parser(subparsers) -> None:
     d.set_defaults(func=run_dispatch)
 
     t = benchmarks.add_parser("training", help="training tokens/s of the tiny recipes")
-    t.add_argument("--steps", type=positive_int, default=40)
+    t.add_argument("--steps", type=positive_int, default=80)
     t.add_argument("--window", type=positive_int, default=10)
     _common(t, workdir=True)
     t.set_defaults(func=run_training)
