@@ -18,6 +18,7 @@ on a cluster.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,12 @@ def setup(device_preference: str = "auto") -> DistInfo:
 
 def teardown(info: DistInfo) -> None:
     if info.sharded and dist.is_initialized():
+        # At the end of a run that succeeded, every process waits for the others before leaving the group:
+        # a process that destroyed its group while the other was still on its way there was aborted once
+        # by gloo ("terminate called without an active exception", SIGABRT; a 2-process test under load).
+        # Not while an exception propagates: a process that died would leave the others at the barrier.
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
