@@ -29,8 +29,9 @@ def clear_refs_works() -> bool:
 
 
 def in_a_fresh_process(body: str) -> dict:
-    """Run a memory measurement in a new interpreter and return its `result` dict: inside the test process,
-    memory freed by earlier tests (kept resident by lab.heap) would serve the allocation without a new peak."""
+    """Run a memory measurement in a new interpreter and return its `result` dict. Inside a test process that
+    earlier tests have grown (an xdist worker at 1.7 GB in CI), a 64 MiB allocation raised no new peak: memory
+    those tests freed and the allocator kept can serve it."""
     code = "import json, torch\nfrom lab.bench import sharded_load\n" + textwrap.dedent(body) + \
         "\nprint(json.dumps(result))\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -139,6 +140,29 @@ def test_loading_a_meta_model_peaks_near_its_own_size(tmp_path):
     with CheckpointSource(path) as src:
         expected = src.tensor("layers.1.attn.o_proj.weight").float()
     torch.testing.assert_close(torch.load(tmp_path / "o_proj.pt"), expected, rtol=0, atol=0)
+
+
+def test_the_peak_reset_sees_a_transient_allocation():
+    """The benchmark's measurement: after the reset, VmHWM keeps a peak that is gone again; the sampler (the
+    fallback where the reset is refused) sees it too."""
+    if not clear_refs_works():
+        pytest.skip("VmHWM cannot be reset here (/proc/self/clear_refs)")
+    measured = in_a_fresh_process("""
+        import time
+        baseline = sharded_load._status("VmRSS")
+        sharded_load._reset_peak()
+        transient = torch.ones(16 * 2**20)  # 64 MiB, written, then freed
+        del transient
+        reset_peak = sharded_load._status("VmHWM") - baseline
+        baseline = sharded_load._status("VmRSS")
+        with sharded_load._Sampler() as sampler:
+            transient = torch.ones(16 * 2**20)
+            time.sleep(0.05)
+            del transient
+        result = dict(reset_peak=reset_peak, sampled_peak=sampler.peak - baseline)
+    """)
+    assert measured["reset_peak"] >= 60 * MIB
+    assert measured["sampled_peak"] >= 60 * MIB
 
 
 @pytest.mark.slow
