@@ -175,8 +175,9 @@ def run(tokens: int = 2048, batch: int = 1, repeats: int = 7, warmup: int = 2, t
         best = min((t for t in timings if t.candidate != "lab"), key=lambda t: t.median_ms)
         floor_ms = flops / peak * 1e3
         # Beside the medians, the ratio of the fastest repeats (each side's best, against the fastest
-        # other candidate's best): on a shared virtual machine single repeats spread by a factor of up to
-        # three, and the medians of seven with them; each side's fastest repeat is the one least disturbed.
+        # other candidate's best): on a shared virtual machine single repeats of one candidate spread by up
+        # to four times (348 to 1460 ms), and the medians of seven with them; each side's fastest repeat is
+        # the one least disturbed.
         fastest_other = min(min(t.times_ms) for t in timings if t.candidate != "lab")
         cases[case] = {"timings": [asdict(t) for t in timings], "dropped_warmup_ms": dropped,
                        "reference": best.candidate, "ratio": ours.median_ms / best.median_ms,

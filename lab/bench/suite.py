@@ -68,7 +68,6 @@ def benchmarks(threads: int, quick: bool, workdir: str | None) -> dict[str, Call
 def matmul_peaks(quick: bool) -> dict:
     """This machine's measured matmul FLOP/s in fp32 and bf16 (the denominators of the CPU MFU)."""
     from lab.bench.matmul_peak import measure_matmul_peak
-
     from lab.bench.model_speed import matmul_path_peak
 
     size, rounds = (128, 1) if quick else (None, 5)
