@@ -20,13 +20,15 @@ parallel loop is faster than the per-block calls), at most `MAX_THREADS` intra-o
 backward pass will follow, at most `MAX_SAVED` saved probabilities per call (beyond, flash attention's
 memory, linear in T, wins).
 
-Measured on the lab's machine (2 cores, fp32, 2048 tokens, the benchmark's MoE and dense models), the
-training step with this attention against flash attention: 15% faster on one thread (attention
-forward+backward 65 ms against 124), 1-11% faster on two. On more threads it is not measured, so flash
-attention keeps them. Each per-block call is a parallel region (about 500 in one training step, where
-flash attention makes one per call) whose threads wait for one another: while another process competes
-for the cores, each wait can last a scheduler time slice, and the two-thread step measured from 7%
-faster to 3.5 times slower than with flash attention. One thread has no such waits.
+Measured on the lab's machine (2 cores, fp32, 2048 tokens, 4 query heads over 2 key/value heads of
+64; forward+backward of one layer, median of 9 in turns): flash attention 121 ms on one thread and 65-68 ms
+on two; this attention with blocks of 128 queries 59-64 ms on one and 43-52 ms on two. Blocks of 256
+measured 100-115 ms on one thread: a block's scores, (256 * 2 rows, 2048) floats, no longer fit the
+2 MiB L2 cache, while 64-128 rows per key/value head do. In the benchmark's MoE training step
+(`lab.bench.model_speed`) the step took 0.69-0.73x transformers' (four runs) against 0.78-0.80x with flash
+attention (two), and still 0.78x against 0.79x while another process of equal priority kept both cores busy
+(every candidate then 2.5 times slower). More than two threads are not measured, so flash attention
+keeps them.
 """
 
 from __future__ import annotations
@@ -37,14 +39,13 @@ import torch
 
 from lab import fast_linear
 
-BLOCK = 256  # queries per block: smaller skips more of the diagonal blocks' masked half, larger makes fewer calls
+# Queries per block: smaller skips more of the diagonal blocks' masked half and keeps a block's scores in
+# the L2 cache (128 queries x 2 heads x 2048 keys of fp32 is 2 MiB); larger makes fewer calls.
+BLOCK = 128
 MIN_TOKENS = 512
-# One intra-op thread: there it measured a steady 15% faster than flash attention (65 ms against 124 at
-# 2048 tokens). On two threads it was 1-11% faster on a machine otherwise busy only with low-priority work,
-# but its ~500 small parallel calls a step each wait for a scheduler slice when another process competes
-# for the cores, and the step then measured up to 3.5x slower: flash attention's one call a layer is the
-# robust choice there.
-MAX_THREADS = 1
+# The thread counts measured (one and two); more threads keep flash attention, whose one parallel loop
+# per call may well scale better than ~700 per-block calls a step.
+MAX_THREADS = 2
 MAX_SAVED = 1 << 26  # probabilities kept for the backward pass of one call (256 MB of fp32)
 
 
