@@ -31,13 +31,13 @@ import os, signal, sys
 import lab.checkpoint.io as io
 writer = io.write_safetensors
 mark, signum = sys.argv[1], int(sys.argv[2])
-def write_and_signal(path, entries, metadata=None, on_tensor=None):
+def write_and_signal(path, entries, metadata=None, on_tensor=None, **options):
     def after(entry):
         if mark in str(path):
             os.kill(os.getpid(), signum)
         if on_tensor is not None:
             on_tensor(entry)
-    return writer(path, entries, metadata, after)
+    return writer(path, entries, metadata, after, **options)
 io.write_safetensors = write_and_signal
 from lab.cli import main
 sys.exit(main(sys.argv[3:]))

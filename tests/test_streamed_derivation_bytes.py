@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from pathlib import Path
 
@@ -184,16 +185,25 @@ def test_plain_reads_equal_safetensors_own(tmp_path, dtype):
 
 
 def test_the_writer_writes_safetensors_own_bytes(tmp_path):
-    """Given tensors in the order `save_file` puts them (by name, for one dtype), the file is its file."""
+    """Given tensors in the order `save_file` puts them (by name, for one dtype), the file is its file, whatever
+    order the tensors are made and written in."""
     from safetensors.torch import save_file
 
-    from lab.checkpoint.safetensors_stream import TensorEntry, write_safetensors
+    from lab.checkpoint.safetensors_stream import TensorEntry, making_order, write_safetensors
 
     tensors = {"a": torch.randn(3, 5), "b.weight": torch.randn(300_000), "c": torch.zeros(0, 4), "d": torch.randn(7)}
     save_file(tensors, str(tmp_path / "theirs.safetensors"), metadata={"format": "pt"})
-    write_safetensors(tmp_path / "ours.safetensors",
-                      [TensorEntry(k, tuple(t.shape), t.dtype, lambda t=t: t) for k, t in tensors.items()])
-    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "theirs.safetensors").read_bytes()
+    made = []
+    entries = [TensorEntry(k, tuple(t.shape), t.dtype, lambda k=k, t=t: made.append(k) or t) for k, t in tensors.items()]
+    theirs = (tmp_path / "theirs.safetensors").read_bytes()
+    for order in (None, making_order(entries), [3, 1, 0, 2]):  # the header's, smallest first, any other
+        made.clear()
+        write_safetensors(tmp_path / "ours.safetensors", entries, order=order)
+        assert made == [entries[i].name for i in (order or range(4))]
+        assert (tmp_path / "ours.safetensors").read_bytes() == theirs, order
+    assert making_order(entries) == [2, 3, 0, 1]  # 0, 28, 60 and 1.2 MB
+    with pytest.raises(ValueError, match="not a permutation"):
+        write_safetensors(tmp_path / "bad.safetensors", entries, order=[0, 1, 1, 2])
 
 
 def test_reads_are_cpu_tensors_under_any_default_device(tmp_path):
@@ -202,14 +212,12 @@ def test_reads_are_cpu_tensors_under_any_default_device(tmp_path):
         assert source.tensor("norm.weight").device.type == "cpu"
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, whose every write fails with ENOSPC")
 def test_a_failed_write_is_raised_in_the_callers_thread():
     from lab.checkpoint.safetensors_stream import WriteBehind
 
-    class Full:
-        def write(self, data):
-            raise OSError(28, "No space left on device")
-
-    with pytest.raises(OSError, match="No space left"):
-        with WriteBehind(Full()) as writer:
-            for _ in range(3):
-                writer.write(memoryview(b"x" * 10))
+    with open("/dev/full", "wb", buffering=0) as full:  # every write: ENOSPC
+        with pytest.raises(OSError, match="No space left"):
+            with WriteBehind(full) as writer:
+                for i in range(3):
+                    writer.write(memoryview(b"x" * 10), 10 * i)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from lab.checkpoint.hf_config import config_from_hf
 from lab.checkpoint.memo import RepeatMemo, repeat_budget
-from lab.checkpoint.safetensors_stream import TensorEntry, write_safetensors
+from lab.checkpoint.safetensors_stream import TensorEntry, making_order, write_safetensors
 from lab.config import ModelConfig
 from lab.errors import CheckpointError, quoted
 from lab.json_input import read_json
@@ -330,8 +330,8 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
                      extra_files: list[Path] = (), progress: str | None = None, readme: str | None = None) -> Path:
     """Write a Hugging Face checkpoint directory from tensors made one at a time.
 
-    Each entry's tensor is made when its turn comes and dropped once written, so peak memory is the
-    largest tensor; entries of one key are made once and kept for their repeats (`lab.checkpoint.memo`,
+    Each entry's tensor is made when its turn comes (within a file, smallest first: `making_order`) and
+    dropped once written, so peak memory is the largest tensor; entries of one key are made once and kept for their repeats (`lab.checkpoint.memo`,
     within its budget). Above `max_shard_size` the tensors go to `model-0000i-of-0000n.safetensors` files
     with a `model.safetensors.index.json`. `extra_files` (tokenizer files) are copied along; `readme` is
     the model card (`lab.checkpoint.model_card`), written as README.md. All of it
@@ -339,8 +339,9 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
     `progress` names a progress bar over the bytes written (None: no bar).
     """
     path = check_output_dir(path, overwrite)
-    entries = made_once(entries)
     shards = _plan_shards(entries, parse_size(max_shard_size))
+    orders = [making_order(shard) for shard in shards]
+    shards = _made_once_in_order(shards, orders)
     names = ([SINGLE_FILE] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     total = sum(e.nbytes for e in entries)
@@ -351,8 +352,8 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
         tmp.mkdir()
         with tqdm(total=total, unit="B", unit_scale=True, desc=progress,
                   disable=True if progress is None else None) as bar:
-            for name, shard in zip(names, shards):
-                write_safetensors(tmp / name, shard, on_tensor=lambda e: bar.update(e.nbytes))
+            for name, shard, order in zip(names, shards, orders):
+                write_safetensors(tmp / name, shard, on_tensor=lambda e: bar.update(e.nbytes), order=order)
         if len(shards) > 1:
             weight_map = {e.name: name for name, shard in zip(names, shards) for e in shard}
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
@@ -375,6 +376,19 @@ def made_once(entries: list[TensorEntry]) -> list[TensorEntry]:
     keys = [("entry", i) if e.key is None else e.key for i, e in enumerate(entries)]
     memo = RepeatMemo(keys, repeat_budget([e.nbytes for e in entries]))
     return [dataclasses.replace(e, make=functools.partial(memo.get, i, e.make)) for i, e in enumerate(entries)]
+
+
+def _made_once_in_order(shards: list[list[TensorEntry]], orders: list[list[int]]) -> list[list[TensorEntry]]:
+    """`shards` with `made_once` applied in the order the tensors will be made (each shard's `order`, shard
+    after shard), each entry back at its place in its shard."""
+    made = iter(made_once([shard[i] for shard, order in zip(shards, orders) for i in order]))
+    result = []
+    for shard, order in zip(shards, orders):
+        placed: list[TensorEntry | None] = [None] * len(shard)
+        for i in order:
+            placed[i] = next(made)
+        result.append(placed)
+    return result
 
 
 def _plan_shards(entries: list[TensorEntry], limit: int) -> list[list[TensorEntry]]:
