@@ -20,7 +20,9 @@ import torch
 def repeat_budget(sizes: Sequence[int]) -> int:
     """The memo's byte budget for tensors of `sizes` bytes: twice the largest. That holds one decoder layer's
     weights while interpolation repeats it whenever they add up to at most two of the largest tensor (the
-    embedding, in the benchmark's 776M-parameter growth: a layer of 88 MB against 2 x 64 MB)."""
+    embedding, in the benchmark's 776M-parameter growth: a layer of 88 MB against 2 x 64 MB). The streaming
+    writer asks for a file's tensors smallest first (`making_order`), so there a repeat mostly comes right
+    after its original and the memo holds far less; the budget bounds any order."""
     return 2 * max(sizes, default=0)
 
 
