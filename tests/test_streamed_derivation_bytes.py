@@ -221,3 +221,36 @@ def test_a_failed_write_is_raised_in_the_callers_thread():
             with WriteBehind(full) as writer:
                 for i in range(3):
                     writer.write(memoryview(b"x" * 10), 10 * i)
+
+
+def test_the_writers_queue_holds_at_most_its_bytes_or_one_buffer(tmp_path, monkeypatch):
+    """The caller blocks while the queue (the buffer being written included) would pass `queued_bytes`, and
+    not before: small buffers queue up. A buffer larger than the bound still goes through, alone. The file
+    gets every buffer at its offset."""
+    import threading
+    import time
+
+    import lab.checkpoint.safetensors_stream as stream
+
+    seen = []  # bytes queued whenever a write starts
+    released = threading.Event()
+    write_all = stream.write_all
+
+    def held_write_all(f, data, offset):
+        seen.append(writer._queued)
+        released.wait(timeout=5)  # the first write holds the writer until the caller has queued its buffers
+        write_all(f, data, offset)
+
+    monkeypatch.setattr(stream, "write_all", held_write_all)
+    sizes = [10, 10, 10, 10, 50, 10, 10]
+    with open(tmp_path / "out", "wb", buffering=0) as f:
+        with stream.WriteBehind(f, queued_bytes=30) as writer:
+            start = time.perf_counter()
+            for i, n in enumerate(sizes[:3]):  # 30 bytes: within the bound, so no wait
+                writer.write(memoryview(bytes([i]) * n), 10 * i)
+            assert time.perf_counter() - start < 2.5
+            released.set()
+            for i, n in enumerate(sizes[3:], start=3):
+                writer.write(memoryview(bytes([i]) * n), sum(sizes[:i]))
+    assert max(seen) == 50 and all(q <= 30 for q in seen if q != 50)
+    assert (tmp_path / "out").read_bytes() == b"".join(bytes([i]) * n for i, n in enumerate(sizes))

@@ -331,8 +331,8 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
     """Write a Hugging Face checkpoint directory from tensors made one at a time.
 
     Each entry's tensor is made when its turn comes (within a file, smallest first: `making_order`) and
-    dropped once written, so peak memory is the largest tensor; entries of one key are made once and kept for their repeats (`lab.checkpoint.memo`,
-    within its budget). Above `max_shard_size` the tensors go to `model-0000i-of-0000n.safetensors` files
+    dropped once written, so peak memory is a few of the largest tensors; entries of one key are made once
+    and kept for their repeats (`lab.checkpoint.memo`, within its budget). Above `max_shard_size` the tensors go to `model-0000i-of-0000n.safetensors` files
     with a `model.safetensors.index.json`. `extra_files` (tokenizer files) are copied along; `readme` is
     the model card (`lab.checkpoint.model_card`), written as README.md. All of it
     goes to a temporary sibling directory, renamed into place at the end: a failure leaves nothing.
