@@ -339,11 +339,9 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
     `progress` names a progress bar over the bytes written (None: no bar).
     """
     path = check_output_dir(path, overwrite)
-    shards = _plan_shards(entries, parse_size(max_shard_size))
-    orders = [making_order(shard) for shard in shards]
-    shards = _made_once_in_order(shards, orders)
-    names = ([SINGLE_FILE] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    files = planned_files(entries, max_shard_size)
+    names, orders = [name for name, _, _ in files], [order for _, _, order in files]
+    shards = _made_once_in_order([shard for _, shard, _ in files], orders)
     total = sum(e.nbytes for e in entries)
     remove_stale_temporaries(path)
     tmp = temporary_sibling(path, "tmp")
@@ -376,6 +374,21 @@ def made_once(entries: list[TensorEntry]) -> list[TensorEntry]:
     keys = [("entry", i) if e.key is None else e.key for i, e in enumerate(entries)]
     memo = RepeatMemo(keys, repeat_budget([e.nbytes for e in entries]))
     return [dataclasses.replace(e, make=functools.partial(memo.get, i, e.make)) for i, e in enumerate(entries)]
+
+
+def planned_files(entries: list[TensorEntry], max_shard_size: int | str) -> list[tuple[str, list[TensorEntry], list[int]]]:
+    """The safetensors files `write_checkpoint` writes `entries` to: (file name, its entries in the header's
+    order, the order their tensors are made in: `making_order`)."""
+    shards = _plan_shards(entries, parse_size(max_shard_size))
+    names = ([SINGLE_FILE] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    return [(name, shard, making_order(shard)) for name, shard in zip(names, shards)]
+
+
+def making_sequence(entries: list[TensorEntry], max_shard_size: int | str) -> list[TensorEntry]:
+    """`entries` in the order `write_checkpoint` makes their tensors. A process that takes part in what making
+    a tensor runs (an all-gather: `lab.train.sharded_checkpoint`) but writes nothing follows this order."""
+    return [shard[i] for _, shard, order in planned_files(entries, max_shard_size) for i in order]
 
 
 def _made_once_in_order(shards: list[list[TensorEntry]], orders: list[list[int]]) -> list[list[TensorEntry]]:

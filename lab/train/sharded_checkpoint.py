@@ -33,6 +33,9 @@ from torch import nn
 from lab.config import ModelConfig
 
 SHARDS = "shards"
+# The exported model's safetensors files: the writer and the processes that only take part in its gathers
+# must plan the same files, so both are given this size.
+MAX_SHARD_SIZE = "5GB"
 _MODEL, _OPTIM = "model/", "optim/"
 
 
@@ -146,11 +149,13 @@ def write_hf_streaming(path: Path | None, model: nn.Module, cfg: ModelConfig, *,
                        readme: str | None = None) -> None:
     """Write `model` (sharded by FSDP2) as the Hugging Face checkpoint `path`, gathering one tensor at a time.
 
-    A collective: every process calls it and takes part in each tensor's all-gather, in the writer's order
-    (`lab_entries`); the process given a `path` (rank 0) writes, the others pass None. Peak memory is one
-    whole tensor (a stacked expert weight is gathered once for all its experts), never the model. The files
-    equal those `write_lab_checkpoint` writes from the gathered state dict."""
+    A collective: every process calls it and takes part in each tensor's all-gather, in the order the writer
+    makes them (`making_sequence`); the process given a `path` (rank 0) writes, the others pass None. Peak
+    memory is the tensor being gathered (a stacked expert weight is gathered once for all its experts) and
+    those queued for writing, never the model. The files equal those `write_lab_checkpoint` writes from the
+    gathered state dict."""
     from lab.checkpoint import hf_model_type, write_lab_checkpoint
+    from lab.checkpoint.io import making_sequence
     from lab.checkpoint.streaming import lab_entries
     from lab.distributed import full_tensor
 
@@ -165,7 +170,9 @@ def write_hf_streaming(path: Path | None, model: nn.Module, cfg: ModelConfig, *,
         return whole if expert is None else whole[expert]
 
     if path is not None:
-        write_lab_checkpoint(path, cfg, make, extra_files=list(extra_files), readme=readme, expert_bias=True)
+        write_lab_checkpoint(path, cfg, make, extra_files=list(extra_files), readme=readme, expert_bias=True,
+                             max_shard_size=MAX_SHARD_SIZE)
     else:
-        for entry in lab_entries(cfg, hf_model_type(cfg), make, getattr(torch, cfg.dtype), expert_bias=True):
+        entries = lab_entries(cfg, hf_model_type(cfg), make, getattr(torch, cfg.dtype), expert_bias=True)
+        for entry in making_sequence(entries, MAX_SHARD_SIZE):
             entry.make()
