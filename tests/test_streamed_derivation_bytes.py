@@ -254,3 +254,19 @@ def test_the_writers_queue_holds_at_most_its_bytes_or_one_buffer(tmp_path, monke
                 writer.write(memoryview(bytes([i]) * n), sum(sizes[:i]))
     assert max(seen) == 50 and all(q <= 30 for q in seen if q != 50)
     assert (tmp_path / "out").read_bytes() == b"".join(bytes([i]) * n for i, n in enumerate(sizes))
+
+
+@pytest.mark.parametrize("shard", ["5GB", "40KB"], ids=["one-file", "sharded"])
+def test_the_writer_makes_tensors_in_the_order_making_sequence_gives(tmp_path, shard):
+    """Processes that take part in the gathers of a sharded export but write nothing follow
+    `making_sequence` (lab.train.sharded_checkpoint): it must be the writer's own order, file after file."""
+    from lab.checkpoint.io import making_sequence, write_checkpoint
+    from lab.checkpoint.safetensors_stream import TensorEntry
+
+    sizes = {"a": 3000, "b": 10, "c": 7000, "d": 10, "e": 5000, "f": 1}
+    made = []
+    entries = [TensorEntry(k, (n,), torch.float32, lambda k=k, n=n: made.append(k) or torch.zeros(n))
+               for k, n in sizes.items()]
+    write_checkpoint(tmp_path / "out", {}, entries, max_shard_size=shard)
+    assert made == [e.name for e in making_sequence(entries, shard)]
+    assert sorted(made) == sorted(sizes) and made != list(sizes)  # each once, smallest first within a file

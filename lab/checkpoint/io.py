@@ -332,16 +332,14 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
 
     Each entry's tensor is made when its turn comes (within a file, smallest first: `making_order`) and
     dropped once written, so peak memory is a few of the largest tensors; entries of one key are made once
-    and kept for their repeats (`lab.checkpoint.memo`, within its budget). Above `max_shard_size` the tensors go to `model-0000i-of-0000n.safetensors` files
-    with a `model.safetensors.index.json`. `extra_files` (tokenizer files) are copied along; `readme` is
+    and kept for their repeats (`lab.checkpoint.memo`, within its budget). Above `max_shard_size` the
+    tensors go to `model-0000i-of-0000n.safetensors` files with a `model.safetensors.index.json`. `extra_files` (tokenizer files) are copied along; `readme` is
     the model card (`lab.checkpoint.model_card`), written as README.md. All of it
     goes to a temporary sibling directory, renamed into place at the end: a failure leaves nothing.
     `progress` names a progress bar over the bytes written (None: no bar).
     """
     path = check_output_dir(path, overwrite)
-    files = planned_files(entries, max_shard_size)
-    names, orders = [name for name, _, _ in files], [order for _, _, order in files]
-    shards = _made_once_in_order([shard for _, shard, _ in files], orders)
+    files = _made_once_in_order(planned_files(entries, max_shard_size))
     total = sum(e.nbytes for e in entries)
     remove_stale_temporaries(path)
     tmp = temporary_sibling(path, "tmp")
@@ -350,10 +348,10 @@ def write_checkpoint(path: str | os.PathLike, hf_config: dict, entries: list[Ten
         tmp.mkdir()
         with tqdm(total=total, unit="B", unit_scale=True, desc=progress,
                   disable=True if progress is None else None) as bar:
-            for name, shard, order in zip(names, shards, orders):
+            for name, shard, order in files:
                 write_safetensors(tmp / name, shard, on_tensor=lambda e: bar.update(e.nbytes), order=order)
-        if len(shards) > 1:
-            weight_map = {e.name: name for name, shard in zip(names, shards) for e in shard}
+        if len(files) > 1:
+            weight_map = {e.name: name for name, shard, _ in files for e in shard}
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
@@ -376,7 +374,10 @@ def made_once(entries: list[TensorEntry]) -> list[TensorEntry]:
     return [dataclasses.replace(e, make=functools.partial(memo.get, i, e.make)) for i, e in enumerate(entries)]
 
 
-def planned_files(entries: list[TensorEntry], max_shard_size: int | str) -> list[tuple[str, list[TensorEntry], list[int]]]:
+PlannedFile = tuple[str, list[TensorEntry], list[int]]  # file name, entries in the header's order, making order
+
+
+def planned_files(entries: list[TensorEntry], max_shard_size: int | str) -> list[PlannedFile]:
     """The safetensors files `write_checkpoint` writes `entries` to: (file name, its entries in the header's
     order, the order their tensors are made in: `making_order`)."""
     shards = _plan_shards(entries, parse_size(max_shard_size))
@@ -391,16 +392,16 @@ def making_sequence(entries: list[TensorEntry], max_shard_size: int | str) -> li
     return [shard[i] for _, shard, order in planned_files(entries, max_shard_size) for i in order]
 
 
-def _made_once_in_order(shards: list[list[TensorEntry]], orders: list[list[int]]) -> list[list[TensorEntry]]:
-    """`shards` with `made_once` applied in the order the tensors will be made (each shard's `order`, shard
-    after shard), each entry back at its place in its shard."""
-    made = iter(made_once([shard[i] for shard, order in zip(shards, orders) for i in order]))
+def _made_once_in_order(files: list[PlannedFile]) -> list[PlannedFile]:
+    """`files` (as `planned_files` gives them) with `made_once` applied in the order the tensors will be made
+    (each file's making order, file after file), each entry back at its place in its file."""
+    made = iter(made_once([shard[i] for _, shard, order in files for i in order]))
     result = []
-    for shard, order in zip(shards, orders):
+    for name, shard, order in files:
         placed: list[TensorEntry | None] = [None] * len(shard)
         for i in order:
             placed[i] = next(made)
-        result.append(placed)
+        result.append((name, placed, order))
     return result
 
 
