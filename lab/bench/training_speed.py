@@ -2,8 +2,8 @@
 
 Each recipe runs for a few steps, in a process of its own, in a temporary directory with evaluation,
 samples and periodic checkpoints off (the last step still evaluates and saves, outside the timed
-windows), logging every `window` steps. The train records' `tokens_per_s` cover the optimizer steps only; the first window
-holds the warm-up and is dropped, the median of the others is reported. The recipes run one after
+windows), logging every `window` steps. The train records' `tokens_per_s` cover the optimizer steps
+only; the first window holds the warm-up and is dropped, the median of the others is reported. The recipes run one after
 the other (a run cannot be interleaved with another), so this is a throughput, not a ratio.
 """
 

@@ -53,18 +53,17 @@ def safetensors_header(entries: list[TensorEntry], metadata: dict[str, str] | No
     """The length prefix and JSON header of a file of `entries`, in their order, padded so the data starts
     8-byte aligned."""
     header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
-    offset = 0
-    for e in entries:
+    for e, offset in zip(entries, data_offsets(entries)):
         header[e.name] = {"dtype": _DTYPE_CODES[e.dtype], "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
-        offset += e.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw
 
 
-def data_offsets(entries: list[TensorEntry], header_bytes: int) -> list[int]:
-    """Where each entry's bytes start in a file whose header (length prefix included) is `header_bytes` long."""
-    offsets, offset = [], header_bytes
+def data_offsets(entries: list[TensorEntry], start: int = 0) -> list[int]:
+    """Where each entry's bytes start, the first at `start`: 0 in the header's terms (from the end of the
+    header), the header's length in the file's."""
+    offsets, offset = [], start
     for e in entries:
         offsets.append(offset)
         offset += e.nbytes
