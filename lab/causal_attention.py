@@ -21,14 +21,15 @@ backward pass will follow, at most `MAX_SAVED` saved probabilities per call (bey
 memory, linear in T, wins).
 
 Measured on the lab's machine (2 cores, fp32, 2048 tokens, 4 query heads over 2 key/value heads of
-64; forward+backward of one layer, median of 9 in turns): flash attention 121 ms on one thread and 65-68 ms
-on two; this attention with blocks of 128 queries 59-64 ms on one and 43-52 ms on two. Blocks of 256
-measured 100-115 ms on one thread: a block's scores, (256 * 2 rows, 2048) floats, no longer fit the
-2 MiB L2 cache, while 64-128 rows per key/value head do. In the benchmark's MoE training step
-(`lab.bench.model_speed`) the step took 0.69-0.73x transformers' (four runs) against 0.78-0.80x with flash
-attention (two), and still 0.78x against 0.79x while another process of equal priority kept both cores busy
-(every candidate then 2.5 times slower). More than two threads are not measured, so flash attention
-keeps them.
+64; forward+backward of one layer, medians of 7-15 in turns): on one thread flash attention 121-123 ms,
+this attention with blocks of 128 queries 64 and 84 ms (two runs), with blocks of 256 105-115 ms: a
+block's scores, (256 * 2 rows, 2048) floats, no longer fit the 2 MiB L2 cache, while 64-128 rows per
+key/value head do. On two threads, in four runs flash attention 61-68 ms and blocks of 128 43-52 ms (in a
+fifth, on a busier machine, 103 and 72). In the benchmark's MoE training step (`lab.bench.model_speed`'s
+sizes, timed in turns in one process) the step took 0.70-0.73x transformers' in three runs against
+0.78-0.80x with flash attention in the two that kept its figure, and 0.78x against 0.79x while another
+process of equal priority kept both cores busy (every candidate then 2.5 times slower). More than two
+threads are not measured, so flash attention keeps them.
 """
 
 from __future__ import annotations
