@@ -396,10 +396,17 @@ per_seed_table("msg", ["source/loss", "msg/grown_loss", "fpi/trained_loss", "msg
 claims_table(["C17", "C17b"])
 
 # %% [markdown]
+# The same experiment over seeds 1000-1002 (`data/runs/experiments/seed-1000/msg/`, judged in
+# `data/claims-seed-1000.json`), the check that other seeds give neither claim the opposite verdict:
+
+# %%
+per_seed_table("msg", ["msg/grown_loss", "fpi/trained_loss", "msg/trained_loss"], base=1000)
+
+# %% [markdown]
 # At mask 0 MSG has the source's loss on every seed (C17 holds; the new units' random weights sit behind a
 # zero mask, so the value does not change with the seed), and after 200 steps MSG ends below FPI on every
 # seed, by 0.045 ± 0.001 (C17b holds: 3.694, 3.707, 3.726 against 3.742, 3.752, 3.769; seeds 1000-1002,
-# `data/claims-seed-1000.json`, agree: 3.684, 3.696, 3.697 against 3.732, 3.742, 3.744). Neither ends below
+# the second table, agree: 3.684, 3.696, 3.697 against 3.732, 3.742, 3.744). Neither ends below
 # the 3.618 growth started from: at this budget continued training costs both growths more than it gives
 # back, and MSG pays less of it. The paper's "2× faster pre-training" is measured on BERT and GPT-2-sized
 # models trained far longer. What this section shows exactly: MSG keeps the source's function without

@@ -212,6 +212,14 @@ per_seed_table("pipeline", ["pipeline/final_loss", "baseline/best_loss", "baseli
 claims_table(["C14", "C15"])
 
 # %% [markdown]
+# The same experiment over seeds 1000-1002 (`data/runs/experiments/seed-1000/pipeline/`, judged in
+# `data/claims-seed-1000.json`):
+
+# %%
+per_seed_table("pipeline", ["pipeline/final_loss", "baseline/best_loss", "baseline/best_lr", "grow/before_loss",
+                            "grow/quarter_loss", "upcycle/before_loss", "upcycle/quarter_loss"], base=1000)
+
+# %% [markdown]
 # Both claims are judged over seeds 0-2. The pipeline ends 0.48-0.55 below the best from-scratch baseline on
 # every seed (C15 holds: 5.000, 4.964, 4.919 against 5.478, 5.476, 5.470), the paper's premise at this scale.
 # The baseline's best learning rate is 5e-4 on every seed, inside the three it tried (2.5e-4 ends near 5.77,
@@ -222,9 +230,9 @@ claims_table(["C14", "C15"])
 # first steps shake the model. The grown stage ends below where the dense stage ended on every seed; the MoE
 # stage ends 0.006-0.030 *above* the loss it was upcycled at, the shortfall of claim C10 in notebook 04. At
 # this scale the pipeline's win over the baseline comes from training small first and growing, not from the
-# experts. Seeds 1000-1002 (`data/claims-seed-1000.json`) give both verdicts again: the pipeline ends at 5.009,
+# experts. Seeds 1000-1002 (the second table) give both verdicts again: the pipeline ends at 5.009,
 # 5.074 and 4.972 against the best baselines' 5.434, 5.554 and 5.488, and a quarter into the grown stage the
-# loss is 0.07-0.16 above where the dense stage ended.
+# loss is 0.09-0.16 above where the dense stage ended.
 #
 # ## Exercises
 #
